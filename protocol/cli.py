@@ -1,0 +1,79 @@
+"""The ``back-spasm-cds`` command: check the protocol content, export it, apply it to a patient, serve it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocol.content import ContentError, load_content
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _write_json(data: Any, out: Path | None) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check every artifact; print the problems and exit 1 if there are any."""
+    from protocol.validation import validate_content
+
+    content = load_content(args.content)
+    problems = validate_content(content)
+    if problems:
+        print(f"{len(problems)} problem(s) in {content.directory}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"OK: {len(content.resources)} artifacts in {content.directory} "
+          f"(version {content.publication['version']}, {content.publication['canonical']})")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Write the artifacts as a transaction or collection Bundle."""
+    from protocol.bundle import artifact_bundle
+
+    content = load_content(args.content)
+    _write_json(artifact_bundle(content, args.type), args.out)
+    if args.out:
+        print(f"wrote {args.type} Bundle of {len(content.resources)} artifacts to {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface, one sub-command per task."""
+    parser = argparse.ArgumentParser(prog="back-spasm-cds", description=__doc__)
+    parser.add_argument("--content", type=Path, default=None, help="content folder (default: the packaged protocol)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check the protocol content and list any problems")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("bundle", help="write the artifacts as one Bundle")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    p.add_argument("--type", choices=("transaction", "collection"), default="transaction", help="Bundle type (default: transaction)")
+    p.set_defaults(func=cmd_bundle)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ContentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

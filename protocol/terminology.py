@@ -1,0 +1,86 @@
+"""ValueSet membership answered from the shipped expansions, so no terminology server is needed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Code = tuple[str, str]
+
+
+def split_canonical(canonical: str) -> tuple[str, str | None]:
+    """Split ``url|version`` into its parts."""
+    url, _, version = canonical.partition("|")
+    return url, version or None
+
+
+def codings_of(value: Any) -> list[Mapping[str, Any]]:
+    """The codings of a Coding or CodeableConcept dict (anything else has none)."""
+    if not isinstance(value, Mapping):
+        return []
+    if "coding" in value:
+        return [c for c in value.get("coding") or [] if isinstance(c, Mapping)]
+    if "code" in value and "system" in value:
+        return [value]
+    return []
+
+
+def codes_of(value: Any) -> set[Code]:
+    """(system, code) pairs of a Coding or CodeableConcept, for set lookups."""
+    return {(c["system"], c["code"]) for c in codings_of(value) if c.get("system") and c.get("code")}
+
+
+class Terminology:
+    """The codes of each ValueSet of the content, by canonical url (with or without ``|version``)."""
+
+    def __init__(self, valuesets: Iterable[Mapping[str, Any]]):
+        resources = {vs["url"]: vs for vs in valuesets if vs.get("url")}
+        self._versions = {url: vs.get("version") for url, vs in resources.items()}
+        self._codes: dict[str, frozenset[Code]] = {}
+        for url in resources:
+            self._codes[url] = frozenset(self._expand(url, resources, ()))
+
+    @staticmethod
+    def _expand(url: str, resources: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> set[Code]:
+        """Codes of one ValueSet: its expansion if shipped, else its compose (explicit concepts and included ValueSets)."""
+        vs = resources[url]
+        expansion = vs.get("expansion")
+        if expansion is not None:
+            found: set[Code] = set()
+            stack = list(expansion.get("contains") or [])
+            while stack:
+                item = stack.pop()
+                if item.get("system") and item.get("code"):
+                    found.add((item["system"], item["code"]))
+                stack.extend(item.get("contains") or [])
+            return found
+        found = set()
+        for include in (vs.get("compose") or {}).get("include") or []:
+            codes = {(include["system"], c["code"]) for c in include.get("concept") or []} if include.get("system") else None
+            for ref in include.get("valueSet") or []:
+                ref_url = split_canonical(ref)[0]
+                if ref_url in resources and ref_url not in seen:
+                    included = Terminology._expand(ref_url, resources, seen + (url,))
+                    codes = included if codes is None else codes & included
+            found |= codes or set()
+        return found
+
+    def __contains__(self, canonical: str) -> bool:
+        url, version = split_canonical(canonical)
+        return url in self._codes and (version is None or self._versions.get(url) == version)
+
+    def codes(self, canonical: str) -> frozenset[Code]:
+        """Every (system, code) of the ValueSet; KeyError when it is not loaded."""
+        url, _ = split_canonical(canonical)
+        return self._codes[url]
+
+    def member_of(self, value: Any, canonical: str) -> bool:
+        """True when a coding of the Coding/CodeableConcept is in the ValueSet (matched on system and code only)."""
+        codes = self._codes.get(split_canonical(canonical)[0])
+        if not codes:
+            return False
+        return any((c.get("system"), c.get("code")) in codes for c in codings_of(value))
+
+    def all_codes(self) -> frozenset[Code]:
+        """Every code of every loaded ValueSet."""
+        return frozenset().union(*self._codes.values()) if self._codes else frozenset()
