@@ -111,6 +111,10 @@ class Evaluator(Protocol):
         """Turn one raw result item into plain JSON for the response."""
         ...
 
+    def type_name(self, value: Any) -> str | None:
+        """FHIR type of one raw result item (to fill a choice element such as medication[x])."""
+        ...
+
 
 # ---------------------------------------------------------------- per-call context
 
@@ -822,6 +826,31 @@ class FhirPathPyEvaluator:
     def to_json(self, value: Any) -> Any:
         """Convert one raw result item to JSON: Quantity dicts, FHIR date/time strings, int/float numbers."""
         return _to_json(value)
+
+    def type_name(self, value: Any) -> str | None:
+        """FHIR type of one raw result item: a node's type from the model, else from the Python value."""
+        if isinstance(value, ResourceNode):
+            if isinstance(value.data, Mapping) and isinstance(value.data.get("resourceType"), str):
+                return value.data["resourceType"]
+            return value.path if value.path and "." not in value.path else None
+        if isinstance(value, bool):
+            return "boolean"
+        if isinstance(value, int):
+            return "integer"
+        if isinstance(value, (Decimal, float)):
+            return "decimal"
+        if isinstance(value, str):
+            return "string"
+        if isinstance(value, FP_Quantity):
+            return "Quantity"
+        if isinstance(value, FP_DateTime):
+            parsed = _parse_datetime(value.asStr)
+            return "date" if parsed is not None and parsed.precision <= 3 else "dateTime"
+        if isinstance(value, FP_Time):
+            return "time"
+        if isinstance(value, Mapping) and isinstance(value.get("resourceType"), str):
+            return value["resourceType"]
+        return None
 
 
 _DEFAULT = FhirPathPyEvaluator()
