@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,40 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clock(text: str | None) -> datetime:
+    """--at: an ISO date/time with offset (a date means midnight UTC); default now."""
+    if text is None:
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ContentError(f"--at {text!r}: not an ISO 8601 date or date-time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Apply the protocol to a Bundle of patient data or to a CDS Hooks request body; print the result."""
+    from protocol.content import read_json
+    from protocol.engine import ApplyError, Engine
+    from protocol.output import bundle_r5, careplan_r4
+    from protocol.requests import calls_for_bundle, calls_for_hook, is_hook_request, run_calls
+
+    data = read_json(args.data)
+    engine = Engine(load_content(args.content))
+    try:
+        calls = calls_for_hook(engine, data) if is_hook_request(data) else calls_for_bundle(engine, data, args.plan)
+        if args.plan:
+            calls = [c for c in calls if c.plan == args.plan or engine.plan(args.plan).resource["id"] == c.plan]
+        results = run_calls(engine, calls, _clock(args.at))
+    except ApplyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    write = bundle_r5 if args.r5 else careplan_r4
+    outputs = [write(result) for result in results]
+    _write_json(outputs[0] if len(outputs) == 1 else outputs, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface, one sub-command per task."""
     parser = argparse.ArgumentParser(prog="back-spasm-cds", description=__doc__)
@@ -62,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.add_argument("--type", choices=("transaction", "collection"), default="transaction", help="Bundle type (default: transaction)")
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("apply", help="apply the protocol to a patient's data and print the CarePlan")
+    p.add_argument("--data", type=Path, required=True, help="a Bundle of the patient's data, or a CDS Hooks request body")
+    p.add_argument("--plan", default=None, help="PlanDefinition id or canonical (default: those the hook or patient-view triggers)")
+    p.add_argument("--at", default=None, help="the clock, ISO 8601 (default: now)")
+    p.add_argument("--r5", action="store_true", help="R5 output: a Bundle whose first entry is the RequestOrchestration")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    p.set_defaults(func=cmd_apply)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""The request an ActivityDefinition describes, before its dynamicValues: what ActivityDefinition/$apply starts from.
+
+One builder per kind maps the definition's elements onto the request (R4 4.0.1): code, product and
+dosage, timing, quantity, body site, priority, doNotPerform. Subject, encounter and requester come from
+the $apply context; status is draft and intent is the definition's (proposal for the CPG activity profiles).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Json = dict[str, Any]
+
+
+class UnsupportedKind(ValueError):
+    """An ActivityDefinition kind this engine cannot turn into a request."""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who and when: the references the generated request carries."""
+
+    subject: str | None
+    encounter: str | None
+    practitioner: str | None
+    authored: str
+
+
+def _timing(definition: Mapping[str, Any], prefix: str, out: Json) -> None:
+    for key, value in definition.items():
+        if key.startswith("timing") and key != "timing":
+            out[prefix + key[len("timing"):]] = copy.deepcopy(value)
+
+
+def _copy(definition: Mapping[str, Any], out: Json, *pairs: tuple[str, str]) -> None:
+    for source, target in pairs:
+        if source in definition:
+            out[target] = copy.deepcopy(definition[source])
+
+
+def _service_request(definition: Mapping[str, Any], out: Json) -> None:
+    _copy(definition, out, ("code", "code"), ("priority", "priority"), ("doNotPerform", "doNotPerform"), ("bodySite", "bodySite"),
+          ("quantity", "quantityQuantity"))
+    _timing(definition, "occurrence", out)
+
+
+def _medication_request(definition: Mapping[str, Any], out: Json) -> None:
+    for key, value in definition.items():
+        if key.startswith("product"):
+            out["medication" + key[len("product"):]] = copy.deepcopy(value)
+    _copy(definition, out, ("priority", "priority"), ("doNotPerform", "doNotPerform"), ("dosage", "dosageInstruction"))
+    if "quantity" in definition:
+        out.setdefault("dispenseRequest", {})["quantity"] = copy.deepcopy(definition["quantity"])
+
+
+def _communication_request(definition: Mapping[str, Any], out: Json) -> None:
+    if "code" in definition:
+        out["category"] = [copy.deepcopy(definition["code"])]
+    text = (definition.get("code") or {}).get("text") or definition.get("description")
+    if text:
+        out["payload"] = [{"contentString": text}]
+    _copy(definition, out, ("priority", "priority"), ("doNotPerform", "doNotPerform"))
+    _timing(definition, "occurrence", out)
+
+
+def _device_request(definition: Mapping[str, Any], out: Json) -> None:
+    if "code" in definition:
+        out["codeCodeableConcept"] = copy.deepcopy(definition["code"])
+    _copy(definition, out, ("priority", "priority"))
+    _timing(definition, "occurrence", out)
+
+
+def _task(definition: Mapping[str, Any], out: Json) -> None:
+    _copy(definition, out, ("code", "code"), ("priority", "priority"))
+    out["status"] = "draft"
+
+
+BUILDERS: dict[str, Callable[[Mapping[str, Any], Json], None]] = {
+    "ServiceRequest": _service_request,
+    "MedicationRequest": _medication_request,
+    "CommunicationRequest": _communication_request,
+    "DeviceRequest": _device_request,
+    "Task": _task,
+}
+
+SUBJECT_ELEMENT = {"Task": "for"}
+REQUESTER_ELEMENT = {"Task": "requester", "CommunicationRequest": "requester"}
+AUTHORED_ELEMENT = {"CommunicationRequest": "authoredOn", "Task": "authoredOn"}
+
+
+def new_request(definition: Mapping[str, Any], context: RequestContext) -> Json:
+    """The request of the definition's kind, with the definition's static elements and the context."""
+    kind = definition.get("kind")
+    builder = BUILDERS.get(kind)
+    if builder is None:
+        raise UnsupportedKind(f"ActivityDefinition kind {kind!r} is not supported (supported: {', '.join(BUILDERS)})")
+    out: Json = {"resourceType": kind}
+    if definition.get("profile"):
+        out["meta"] = {"profile": [definition["profile"]]}
+    canonical = definition.get("url")
+    if canonical:
+        out["instantiatesCanonical"] = [f"{canonical}|{definition['version']}" if definition.get("version") else canonical]
+    out["status"] = "draft"
+    out["intent"] = definition.get("intent", "proposal")
+    builder(definition, out)
+    if context.subject:
+        out[SUBJECT_ELEMENT.get(kind, "subject")] = {"reference": context.subject}
+    if context.encounter:
+        out["encounter"] = {"reference": context.encounter}
+    out[AUTHORED_ELEMENT.get(kind, "authoredOn")] = context.authored
+    if context.practitioner:
+        out[REQUESTER_ELEMENT.get(kind, "requester")] = {"reference": context.practitioner}
+    return out

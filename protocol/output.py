@@ -1,0 +1,195 @@
+"""Writing an $apply result: the R4 CarePlan with its contained RequestGroup, or the R5 Bundle.
+
+Both come from the same version-neutral tree (``ApplyResult``). In R4 every generated request is
+contained in the CarePlan and referenced as ``#id``; in R5 the RequestOrchestration is the Bundle's
+first entry and the requests follow it as entries referenced by ``urn:uuid``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from protocol.engine import AppliedAction, ApplyResult, Issue, _instant, canonical_of, new_id
+
+Json = dict[str, Any]
+CQF_MESSAGES = "http://hl7.org/fhir/StructureDefinition/cqf-messages"
+CPG_CAREPLAN = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-careplan"
+
+
+class _Contained:
+    """Generated resources with ids unique in their container; the same change to the same resource is kept once."""
+
+    def __init__(self) -> None:
+        self.resources: list[Json] = []
+        self._by_id: dict[str, Json] = {}
+
+    def add(self, resource: Json, preferred_id: str, issues: list[Issue]) -> str | None:
+        rid = resource.get("id") or preferred_id
+        existing = self._by_id.get(rid)
+        if existing is not None:
+            if existing == {**resource, "id": rid}:
+                return rid
+            if resource.get("id"):
+                issues.append(Issue("warning", "conflict", f"two actions change {resource['resourceType']}/{rid} differently: "
+                                                            "only the first change is offered"))
+                return None
+            suffix = 2
+            while f"{rid}-{suffix}" in self._by_id:
+                suffix += 1
+            rid = f"{rid}-{suffix}"
+        resource = {**resource, "id": rid}
+        self._by_id[rid] = resource
+        self.resources.append(resource)
+        return rid
+
+
+def _request_actions(actions: list[AppliedAction], contained: _Contained, issues: list[Issue],
+                     reference: Callable[[Json], str]) -> list[Json]:
+    out = []
+    for action in actions:
+        fields = dict(action.fields)
+        if action.resource is not None:
+            rid = contained.add(action.resource, f"{fields.get('id', 'action')}-{_short(action.resource)}", issues)
+            if rid is None:
+                continue
+            fields["resource"] = {"reference": reference({**action.resource, "id": rid})}
+        children = _request_actions(action.children, contained, issues, reference)
+        if children:
+            fields["action"] = children
+        out.append(fields)
+    return out
+
+
+def _short(resource: Json) -> str:
+    canonical = (resource.get("instantiatesCanonical") or [""])[0]
+    return canonical.split("|")[0].rstrip("/").split("/")[-1] or resource["resourceType"].lower()
+
+
+def _outcome(issues: list[Issue], oid: str) -> Json | None:
+    if not issues:
+        return None
+    return {"resourceType": "OperationOutcome", "id": oid, "issue": [i.to_fhir() for i in issues]}
+
+
+def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Json:
+    """R4 PlanDefinition/$apply: a CarePlan whose activity references the contained RequestGroup."""
+    issues = list(result.issues)
+    contained = _Contained()
+    actions = _request_actions(result.actions, contained, issues, lambda r: f"#{r['id']}")
+    canonical = canonical_of(result.plan)
+    group: Json = {
+        "resourceType": "RequestGroup",
+        "id": "request-group",
+        "instantiatesCanonical": [canonical],
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": result.subject},
+        "authoredOn": _instant(result.now),
+    }
+    if result.encounter:
+        group["encounter"] = {"reference": result.encounter}
+    if result.author:
+        group["author"] = {"reference": result.author}
+    if actions:
+        group["action"] = actions
+    careplan: Json = {
+        "resourceType": "CarePlan",
+        "id": id_factory(),
+        "meta": {"profile": [CPG_CAREPLAN]},
+        "contained": [group, *contained.resources],
+        "instantiatesCanonical": [canonical],
+        "status": "draft",
+        "intent": "proposal",
+        "category": [{"text": result.plan.get("title", "Care plan")}],
+        "title": result.plan.get("title", "Care plan"),
+        "subject": {"reference": result.subject},
+        "created": _instant(result.now),
+        "activity": [{"reference": {"reference": "#request-group"}}],
+    }
+    if result.encounter:
+        careplan["encounter"] = {"reference": result.encounter}
+    if result.author:
+        careplan["author"] = {"reference": result.author}
+    outcome = _outcome(issues, "outcome")
+    if outcome is not None:
+        careplan["contained"].append(outcome)
+        careplan["extension"] = [{"url": CQF_MESSAGES, "valueReference": {"reference": "#outcome"}}]
+    return careplan
+
+
+def _action_r5(action: Json) -> Json:
+    """An R4 RequestGroup action as an R5 RequestOrchestration action."""
+    out = {k: v for k, v in action.items() if k not in ("relatedAction", "timingDateTime", "timingPeriod", "action")}
+    if "id" in action:
+        out["linkId"] = action["id"]
+    if action.get("relatedAction"):
+        out["relatedAction"] = [{("targetId" if k == "actionId" else k): v for k, v in rel.items()} for rel in action["relatedAction"]]
+    if action.get("action"):
+        out["action"] = [_action_r5(child) for child in action["action"]]
+    return out
+
+
+def bundle_r5(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Json:
+    """R5 PlanDefinition/$apply: a Bundle whose first entry is the RequestOrchestration, then the requests and a CarePlan."""
+    issues = list(result.issues)
+    contained = _Contained()
+    urls: dict[str, str] = {}
+
+    def reference(resource: Json) -> str:
+        return urls.setdefault(resource["id"], f"urn:uuid:{uuid.uuid4()}")
+
+    actions = [_action_r5(a) for a in _request_actions(result.actions, contained, issues, reference)]
+    canonical = canonical_of(result.plan)
+    orchestration_url = f"urn:uuid:{uuid.uuid4()}"
+    orchestration: Json = {
+        "resourceType": "RequestOrchestration",
+        "id": id_factory(),
+        "instantiatesCanonical": [canonical],
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": result.subject},
+        "authoredOn": _instant(result.now),
+    }
+    if result.encounter:
+        orchestration["encounter"] = {"reference": result.encounter}
+    if result.author:
+        orchestration["author"] = {"reference": result.author}
+    if actions:
+        orchestration["action"] = actions
+    careplan: Json = {
+        "resourceType": "CarePlan",
+        "id": id_factory(),
+        "instantiatesCanonical": [canonical],
+        "status": "draft",
+        "intent": "proposal",
+        "title": result.plan.get("title", "Care plan"),
+        "subject": {"reference": result.subject},
+        "created": _instant(result.now),
+        "activity": [{"plannedActivityReference": {"reference": orchestration_url}}],
+    }
+    entries = [{"fullUrl": orchestration_url, "resource": orchestration}]
+    for resource in contained.resources:
+        entries.append({"fullUrl": urls[resource["id"]], "resource": _request_r5(resource)})
+    entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": careplan})
+    outcome = _outcome(issues, id_factory())
+    if outcome is not None:
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": outcome})
+    return {"resourceType": "Bundle", "id": id_factory(), "type": "collection", "timestamp": _instant(result.now), "entry": entries}
+
+
+def _request_r5(resource: Json) -> Json:
+    """The few R4 request elements that changed shape in R5."""
+    out = copy.deepcopy(resource)
+    if out.get("resourceType") == "MedicationRequest":
+        for key in ("medicationCodeableConcept", "medicationReference"):
+            if key in out:
+                out["medication"] = {"concept" if key.endswith("Concept") else "reference": out.pop(key)}
+    if out.get("resourceType") == "ServiceRequest":
+        if "code" in out:
+            out["code"] = {"concept": out["code"]}
+        if isinstance(out.get("patientInstruction"), str):
+            out["patientInstruction"] = [{"instructionMarkdown": out["patientInstruction"]}]
+    return out

@@ -1,0 +1,262 @@
+"""The patient's data for one request, indexed once: by type, by reference, and by code for each retrieve.
+
+Input is plain JSON as a CDS client sends it: resources, searchset or collection Bundles (possibly with
+OperationOutcome entries and `next` links), ``None`` for "no data", nested in any mix. Nothing here parses
+with pydantic: the hot path stays on dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from protocol.terminology import Terminology, codes_of, split_canonical
+
+
+class Record:
+    """Resources of one patient, deduplicated by ``Type/id``, with the lookups the engine needs."""
+
+    def __init__(self, resources: Iterable[Mapping[str, Any]], terminology: Terminology, now: datetime | None = None):
+        self.terminology = terminology
+        self.now = now
+        self.by_type: dict[str, list[Mapping[str, Any]]] = {}
+        self.outcomes: list[Mapping[str, Any]] = []
+        self._by_ref: dict[str, Mapping[str, Any]] = {}
+        self._container: dict[int, Mapping[str, Any]] = {}
+        self._retrieved: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+        self._codes: dict[tuple[str, str], list[tuple[Mapping[str, Any], frozenset]]] = {}
+        for resource, full_url in _flatten(resources):
+            self._add(resource, full_url)
+
+    @classmethod
+    def from_data(cls, data: Any, terminology: Terminology, now: datetime | None = None) -> "Record":
+        """Build from any mix of resources, Bundles, lists and CDS Hooks prefetch mappings."""
+        return cls(_as_items(data), terminology, now)
+
+    def _add(self, resource: Mapping[str, Any], full_url: str | None) -> None:
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            return
+        if rtype == "OperationOutcome":
+            self.outcomes.append(resource)
+            return
+        rid = resource.get("id")
+        key = f"{rtype}/{rid}" if isinstance(rid, str) else None
+        if key is not None and key in self._by_ref:
+            return
+        self.by_type.setdefault(rtype, []).append(resource)
+        if key is not None:
+            self._by_ref[key] = resource
+        if full_url:
+            self._by_ref.setdefault(full_url, resource)
+        if resource.get("contained"):
+            _index_local_references(resource, resource, self._container)
+
+    # -- lookups -----------------------------------------------------------------------------------
+    def of_type(self, resource_type: str) -> list[Mapping[str, Any]]:
+        """Every resource of one type."""
+        return self.by_type.get(resource_type, [])
+
+    def get(self, reference: str) -> Mapping[str, Any] | None:
+        """The resource a reference string names: ``Type/id``, an absolute URL ending in it, or a fullUrl."""
+        found = self._by_ref.get(reference)
+        if found is not None:
+            return found
+        parts = reference.split("/_history/")[0].rstrip("/").split("/")
+        return self._by_ref.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+
+    def resolve(self, reference: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The resource a Reference points to; ``#id`` is looked up in the resource that holds the reference."""
+        if not isinstance(reference, Mapping):
+            return None
+        ref = reference.get("reference")
+        if not isinstance(ref, str):
+            return None
+        if ref.startswith("#"):
+            container = self._container.get(id(reference))
+            if container is None:
+                return None
+            return next((c for c in container.get("contained") or [] if c.get("id") == ref[1:]), None)
+        return self.get(ref)
+
+    def patient(self, subject: str | None = None) -> Mapping[str, Any] | None:
+        """The subject Patient: the one named (``Patient/id`` or id), else the only Patient supplied."""
+        if subject:
+            return self.get(subject if "/" in subject else f"Patient/{subject}")
+        patients = self.of_type("Patient")
+        return patients[0] if len(patients) == 1 else None
+
+    # -- retrieve ----------------------------------------------------------------------------------
+    def retrieve(self, requirement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """Resources that meet a DataRequirement: its type, every codeFilter (ValueSet or codes) and every dateFilter."""
+        rtype = requirement.get("type", "")
+        filters = requirement.get("codeFilter") or []
+        dates = requirement.get("dateFilter") or []
+        key = (rtype, repr([(f.get("path"), f.get("valueSet"), str(f.get("code"))) for f in filters]), repr(dates))
+        cached = self._retrieved.get(key)
+        if cached is not None:
+            return cached
+        candidates = self.of_type(rtype)
+        for code_filter in filters:
+            candidates = self._filter(rtype, code_filter, candidates)
+        for date_filter in dates:
+            window = self._window(date_filter)
+            if window is not None:
+                path = (date_filter.get("path") or "").split(".")
+                candidates = [r for r in candidates if any(_overlaps(_span(v), window) for v in _values_at(r, path))]
+        self._retrieved[key] = candidates
+        return candidates
+
+    def _window(self, date_filter: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+        """The time window a dateFilter asks for: a dateTime, a Period, or a Duration back from now."""
+        if "valueDuration" in date_filter and self.now is not None:
+            delta = _duration(date_filter["valueDuration"])
+            return (self.now - delta, self.now) if delta is not None else None
+        if "valuePeriod" in date_filter:
+            start = _span(date_filter["valuePeriod"].get("start"))
+            end = _span(date_filter["valuePeriod"].get("end"))
+            return (start[0] if start else datetime.min.replace(tzinfo=timezone.utc),
+                    end[1] if end else datetime.max.replace(tzinfo=timezone.utc))
+        if "valueDateTime" in date_filter:
+            return _span(date_filter["valueDateTime"])
+        return None
+
+    def _filter(self, rtype: str, code_filter: Mapping[str, Any], candidates: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        wanted: set = set()
+        if code_filter.get("valueSet"):
+            url = split_canonical(code_filter["valueSet"])[0]
+            wanted |= self.terminology.codes(url) if url in self.terminology else set()
+        for coding in code_filter.get("code") or []:
+            wanted.add((coding.get("system"), coding.get("code")))
+        keep = {id(r) for r, codes in self._codes_at(rtype, code_filter.get("path") or "code") if codes & wanted}
+        return [r for r in candidates if id(r) in keep]
+
+    def _codes_at(self, rtype: str, path: str) -> list[tuple[Mapping[str, Any], frozenset]]:
+        """(resource, its codes at path) for every resource of the type, computed once per request."""
+        key = (rtype, path)
+        if key not in self._codes:
+            self._codes[key] = [(r, frozenset(self._codes_of_element(r, path))) for r in self.of_type(rtype)]
+        return self._codes[key]
+
+    def _codes_of_element(self, resource: Mapping[str, Any], path: str) -> set:
+        """Codes at a simple path; a choice element is read under any type, and a Reference through its target's code."""
+        found: set = set()
+        for value in _values_at(resource, path.split(".")):
+            if isinstance(value, Mapping) and "reference" in value and "coding" not in value:
+                target = self.resolve(value)
+                found |= codes_of(target.get("code")) if target else set()
+            else:
+                found |= codes_of(value)
+        return found
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _as_items(data: Any) -> Iterable[Any]:
+    if data is None:
+        return []
+    if isinstance(data, Mapping) and "resourceType" not in data:
+        return list(data.values())
+    if isinstance(data, list):
+        return data
+    return [data]
+
+
+def _flatten(items: Iterable[Any], full_url: str | None = None) -> Iterable[tuple[Mapping[str, Any], str | None]]:
+    """Resources out of Bundles, lists and prefetch mappings, with the fullUrl they came under."""
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, list):
+            yield from _flatten(item)
+        elif isinstance(item, Mapping):
+            if item.get("resourceType") == "Bundle":
+                for entry in item.get("entry") or []:
+                    if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
+                        yield from _flatten([entry["resource"]], entry.get("fullUrl"))
+            elif "resourceType" in item:
+                yield item, full_url
+            else:
+                yield from _flatten(list(item.values()))
+
+
+def _values_at(value: Any, steps: list[str]) -> Iterable[Any]:
+    """Values of a dotted path in JSON; lists are flattened and choice elements (name + Type) are followed."""
+    if not steps:
+        if isinstance(value, list):
+            yield from value
+        else:
+            yield value
+        return
+    if isinstance(value, list):
+        for item in value:
+            yield from _values_at(item, steps)
+        return
+    if not isinstance(value, Mapping):
+        return
+    name = steps[0]
+    if name in value:
+        yield from _values_at(value[name], steps[1:])
+        return
+    for key, item in value.items():
+        if key.startswith(name) and key[len(name):][:1].isupper():
+            yield from _values_at(item, steps[1:])
+
+
+_UNITS = {"a": 365 * 24, "mo": 30 * 24, "wk": 7 * 24, "d": 24, "h": 1, "min": 1 / 60, "s": 1 / 3600}
+
+
+def _duration(quantity: Mapping[str, Any]) -> timedelta | None:
+    hours = _UNITS.get(quantity.get("code") or quantity.get("unit"))
+    return timedelta(hours=float(quantity["value"]) * hours) if hours is not None and "value" in quantity else None
+
+
+def _span(value: Any) -> tuple[datetime, datetime] | None:
+    """The interval a FHIR date, dateTime, instant or Period covers (a date covers its whole day, in UTC)."""
+    if isinstance(value, Mapping):
+        start, end = _span(value.get("start")), _span(value.get("end"))
+        if start is None and end is None:
+            return None
+        return (start[0] if start else datetime.min.replace(tzinfo=timezone.utc),
+                end[1] if end else datetime.max.replace(tzinfo=timezone.utc))
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        if len(value) == 4:
+            start = datetime(int(value), 1, 1, tzinfo=timezone.utc)
+            return start, start.replace(year=start.year + 1) - timedelta(microseconds=1)
+        if len(value) == 7:
+            start = datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=timezone.utc)
+            following = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+            return start, following - timedelta(microseconds=1)
+        if len(value) == 10:
+            start = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            return start, start + timedelta(days=1) - timedelta(microseconds=1)
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment, moment
+
+
+def _overlaps(span: tuple[datetime, datetime] | None, window: tuple[datetime, datetime]) -> bool:
+    return span is not None and span[0] <= window[1] and span[1] >= window[0]
+
+
+def _index_local_references(value: Any, container: Mapping[str, Any], index: dict[int, Mapping[str, Any]]) -> None:
+    """Remember which resource holds each ``#id`` reference, so contained resources resolve."""
+    if isinstance(value, Mapping):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref.startswith("#"):
+            index[id(value)] = container
+        for key, item in value.items():
+            if key != "contained":
+                _index_local_references(item, container, index)
+        for inner in value.get("contained") or [] if value is container else []:
+            _index_local_references(inner, container, index)
+    elif isinstance(value, list):
+        for item in value:
+            _index_local_references(item, container, index)

@@ -1,0 +1,99 @@
+"""From a CDS Hooks request body (or a plain Bundle) to the $apply calls it asks for.
+
+Hook semantics live here, not in the content: ``patientId`` is the subject, ``userId`` the practitioner,
+prefetch values and the drafted orders are the data; on order-select each selected draft order is reviewed,
+on order-sign each draft order, with all drafted orders available as ``draftOrders``. Which PlanDefinitions
+run is read from their named-event triggers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.engine import ApplyError, Engine
+
+ORDER_HOOKS = ("order-select", "order-sign")
+
+
+@dataclass
+class ApplyCall:
+    """One PlanDefinition/$apply to run for a request."""
+
+    plan: str
+    subject: str
+    data: list[Any]
+    encounter: str | None = None
+    practitioner: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def draft_order(self) -> Mapping[str, Any] | None:
+        return self.parameters.get("draftOrder")
+
+
+def bundle_resources(bundle: Any) -> list[dict[str, Any]]:
+    """The resources of a Bundle (entries without a resource are skipped)."""
+    if not isinstance(bundle, Mapping):
+        return []
+    return [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)]
+
+
+def _reference(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The draft orders a hook asks about: the selections on order-select, every draft on order-sign."""
+    drafts = bundle_resources(context.get("draftOrders"))
+    if hook == "order-select":
+        selections = set(context.get("selections") or [])
+        return [d for d in drafts if _reference(d) in selections or d.get("id") in selections]
+    return drafts
+
+
+def calls_for_hook(engine: Engine, body: Mapping[str, Any]) -> list[ApplyCall]:
+    """The $apply calls for a CDS Hooks request: one per PlanDefinition, and per reviewed order on the order hooks."""
+    hook = body.get("hook")
+    context = body.get("context") or {}
+    subject = context.get("patientId")
+    if not isinstance(hook, str) or not isinstance(subject, str):
+        raise ApplyError("a CDS Hooks request needs hook and context.patientId")
+    drafts = bundle_resources(context.get("draftOrders"))
+    prefetch = body.get("prefetch") or {}
+    data = [value for value in prefetch.values() if value is not None] + drafts
+    common = {"subject": subject, "data": data, "encounter": context.get("encounterId"), "practitioner": context.get("userId")}
+    calls = []
+    for plan in engine.plans_for_hook(hook):
+        if hook in ORDER_HOOKS:
+            for order in reviewed_orders(hook, context):
+                calls.append(ApplyCall(plan.resource["id"], parameters={"draftOrder": order, "draftOrders": drafts}, **common))
+        else:
+            calls.append(ApplyCall(plan.resource["id"], **common))
+    return calls
+
+
+def calls_for_bundle(engine: Engine, bundle: Mapping[str, Any], plan: str | None) -> list[ApplyCall]:
+    """One call of a PlanDefinition (default: the one triggered by patient-view) over a Bundle of the patient's data."""
+    resources = bundle_resources(bundle)
+    patients = [r for r in resources if r.get("resourceType") == "Patient"]
+    if len(patients) != 1:
+        raise ApplyError(f"the Bundle must hold exactly one Patient (found {len(patients)})")
+    if plan is None:
+        triggered = engine.plans_for_hook("patient-view")
+        if not triggered:
+            raise ApplyError("no PlanDefinition is triggered by patient-view: name one with --plan")
+        plan = triggered[0].resource["id"]
+    return [ApplyCall(plan, f"Patient/{patients[0]['id']}", [bundle])]
+
+
+def is_hook_request(data: Any) -> bool:
+    """True for a CDS Hooks request body (it has hook and context)."""
+    return isinstance(data, Mapping) and "hook" in data and "context" in data
+
+
+def run_calls(engine: Engine, calls: Iterable[ApplyCall], now: Any) -> list[Any]:
+    """Apply each call; the results in call order."""
+    return [engine.apply(c.plan, c.data, now, c.subject, encounter=c.encounter, practitioner=c.practitioner, parameters=c.parameters)
+            for c in calls]
