@@ -195,7 +195,9 @@ def test_thresholds_of_the_safety_rules_are_in_the_logic(content):
     assert "21 days" in _variable(content, "longCyclobenzaprineOrders")
     assert "> 21" in _variable(content, "draftCourseTooLong")
     assert "> 10" in _variable(content, "draftDoseTooHigh") and "> 30" in _variable(content, "draftDoseTooHigh")
-    assert ">= 7" in _variable(content, "severePain") and "72 hours" in _variable(content, "severePain")
+    assert ">= 7" in _variable(content, "severePain")
+    pain = next(dr for dr in content.get("Library", "back-spasm-logic")["dataRequirement"] if dr["id"] == "painObservations")
+    assert pain["dateFilter"] == [{"path": "effective", "valueDuration": {"value": 72, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}}]
 
 
 def test_codes_written_inside_expressions_come_from_the_terminology(content):
