@@ -84,6 +84,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the CDS Hooks service under gunicorn."""
+    from service.config import ConfigError, Settings
+    from service.server import run
+
+    try:
+        overrides = {"content_dir": str(args.content)} if args.content else {}
+        settings = Settings.load(overrides=overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"serving CDS Hooks on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    run(args.host, args.port, settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface, one sub-command per task."""
     parser = argparse.ArgumentParser(prog="back-spasm-cds", description=__doc__)
@@ -105,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r5", action="store_true", help="R5 output: a Bundle whose first entry is the RequestOrchestration")
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

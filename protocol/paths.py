@@ -114,6 +114,17 @@ def _type_of(annotation: Any) -> tuple[str | None, bool]:
     return None, is_list
 
 
+@lru_cache(maxsize=None)
+def element_info(model_name: str, element: str) -> tuple[str | None, bool] | None:
+    """(type of the element's value, whether it repeats) for an element of a resource or datatype; None if unknown."""
+    try:
+        fields = _model(model_name).model_fields
+    except (KeyError, ValueError, AttributeError):
+        return None
+    field = fields.get(element)
+    return _type_of(field.annotation) if field is not None else None
+
+
 def plan_path(root: str, path: str) -> PathPlan:
     """Plan a dynamicValue path on a resource type (or a backbone model such as ``RequestGroupAction``)."""
     steps: list[Step] = []

@@ -53,19 +53,22 @@ def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any
     return drafts
 
 
-def calls_for_hook(engine: Engine, body: Mapping[str, Any]) -> list[ApplyCall]:
-    """The $apply calls for a CDS Hooks request: one per PlanDefinition, and per reviewed order on the order hooks."""
+def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = None, data: list[Any] | None = None) -> list[ApplyCall]:
+    """The $apply calls for a CDS Hooks request: one per PlanDefinition (or only ``plan``), and per reviewed
+    order on the order hooks. ``data`` replaces the prefetch values when the caller completed them."""
     hook = body.get("hook")
     context = body.get("context") or {}
     subject = context.get("patientId")
     if not isinstance(hook, str) or not isinstance(subject, str):
         raise ApplyError("a CDS Hooks request needs hook and context.patientId")
     drafts = bundle_resources(context.get("draftOrders"))
-    prefetch = body.get("prefetch") or {}
-    data = [value for value in prefetch.values() if value is not None] + drafts
-    common = {"subject": subject, "data": data, "encounter": context.get("encounterId"), "practitioner": context.get("userId")}
+    if data is None:
+        prefetch = body.get("prefetch") or {}
+        data = [value for value in prefetch.values() if value is not None]
+    common = {"subject": subject, "data": list(data) + drafts, "encounter": context.get("encounterId"), "practitioner": context.get("userId")}
     calls = []
-    for plan in engine.plans_for_hook(hook):
+    plans = [engine.plan(plan)] if plan else engine.plans_for_hook(hook)
+    for plan in plans:
         if hook in ORDER_HOOKS:
             for order in reviewed_orders(hook, context):
                 calls.append(ApplyCall(plan.resource["id"], parameters={"draftOrder": order, "draftOrders": drafts}, **common))

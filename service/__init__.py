@@ -1,0 +1,76 @@
+"""The CDS Hooks 2.0 service: a Flask application factory over the protocol engine.
+
+``create_app()`` loads and compiles the protocol once, opens the feedback database, registers the
+blueprints (CDS Hooks endpoints, health probes), CORS and the error handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import requests
+from flask import Flask
+from flask_cors import CORS
+
+from protocol.content import load_content
+from protocol.engine import Engine
+from service.config import Settings
+from service.errors import register_error_handlers
+from service.feedback import FeedbackStore
+from service.registry import Service, build_services
+
+
+@dataclass
+class ServiceState:
+    """What the request handlers share: settings, compiled protocol, services, stores, clock, HTTP client."""
+
+    settings: Settings
+    engine: Engine
+    services: dict[str, Service]
+    store: FeedbackStore
+    clock: Callable[[], datetime]
+    http: requests.Session
+    page_url: Callable[[str], str]
+
+
+def _page_url(settings: Settings) -> Callable[[str], str]:
+    from flask import request
+
+    def page_url(anchor: str) -> str:
+        base = settings.public_base_url or request.host_url
+        return f"{base.rstrip('/')}/protocol" + (f"#{anchor}" if anchor else "")
+
+    return page_url
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None,
+               http: requests.Session | None = None) -> Flask:
+    """Build the application: content compiled at start, so the first request is not slow."""
+    settings = settings or Settings.load()
+    logging.getLogger("back_spasm_cds").setLevel(settings.log_level.upper())
+    engine = engine or Engine(load_content(settings.content_dir))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.json.compact = True
+    state = ServiceState(settings=settings, engine=engine, services=build_services(engine, settings.prefetch_url_limit),
+                         store=FeedbackStore(settings.database), clock=clock or (lambda: datetime.now(timezone.utc)),
+                         http=http or requests.Session(), page_url=_page_url(settings))
+    app.extensions["back_spasm_cds"] = state
+    CORS(app, resources={r"/cds-services*": {"origins": settings.cors_origins}}, allow_headers=["Authorization", "Content-Type"],
+         methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)
+    from service import health, hooks
+
+    app.register_blueprint(hooks.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+    return app
+
+
+def state_of(app: Flask) -> Any:
+    """The shared service state of an application."""
+    return app.extensions["back_spasm_cds"]

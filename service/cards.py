@@ -1,0 +1,268 @@
+"""CDS Hooks cards from the engine's RequestGroup: one card per top-level action (CDS on FHIR mapping).
+
+Nothing clinical is written here: summary, detail, indicator, evidence, links and override reasons all come
+from the applied actions and the artifacts they came from.
+
+- summary = action title (under 140 characters); indicator from priority (routine → info, urgent → warning,
+  stat and asap → critical; info when absent); source = the protocol (label from the action's documentation,
+  url to the protocol page, topic = the action's code); detail = the description, then the applied child
+  actions with their evidence (strength, quality, direction, rationale); links = the citations.
+- Suggestions: a card whose action has type ``create`` and holds generated requests offers one suggestion that
+  creates the CarePlan of those requests (its ``textEquivalent`` is the label); every descendant ``update`` or
+  ``remove`` becomes its own suggestion. On other cards each typed child is a suggestion, and a child group of
+  typed actions is one suggestion with several actions (for example remove a draft and create two orders).
+- overrideReasons come from the ValueSet the action names in its ``cds-override-reasons`` extension.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.content import Content
+from protocol.engine import AppliedAction, ApplyResult
+from protocol.output import careplan_r4
+
+Json = dict[str, Any]
+INDICATORS = {"routine": "info", "urgent": "warning", "asap": "critical", "stat": "critical"}
+SUMMARY_LIMIT = 140
+EXT_STRENGTH = "http://hl7.org/fhir/StructureDefinition/cqf-strengthOfRecommendation"
+EXT_QUALITY = "http://hl7.org/fhir/StructureDefinition/cqf-qualityOfEvidence"
+EXT_DIRECTION = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-directionOfRecommendation"
+EXT_RATIONALE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-rationale"
+OVERRIDE_SUFFIX = "/StructureDefinition/cds-override-reasons"
+ACTION_TYPES = {"create": "create", "update": "update", "remove": "delete"}
+
+
+@dataclass
+class IssuedCard:
+    """What was shown, kept so that feedback can be joined to it (no patient data)."""
+
+    uuid: str
+    action_id: str
+    topic: str | None
+    indicator: str
+    summary: str
+    suggestions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _type(action: AppliedAction) -> str | None:
+    codings = ((action.fields.get("type") or {}).get("coding")) or []
+    return codings[0].get("code") if codings else None
+
+
+def _extension(action: AppliedAction, url: str) -> Any:
+    for ext in action.fields.get("extension") or []:
+        if ext.get("url") == url or (url.startswith("/") and ext.get("url", "").endswith(url)):
+            return ext
+    return None
+
+
+def _walk(actions: list[AppliedAction]) -> Iterator[AppliedAction]:
+    for action in actions:
+        yield action
+        yield from _walk(action.children)
+
+
+def _display(concept_ext: Any) -> str | None:
+    if not concept_ext:
+        return None
+    codings = (concept_ext.get("valueCodeableConcept") or {}).get("coding") or []
+    return codings[0].get("code") if codings else None
+
+
+def evidence_line(action: AppliedAction) -> str | None:
+    """'Strong recommendation for; moderate-quality evidence.' from the action's evidence extensions."""
+    strength = _display(_extension(action, EXT_STRENGTH))
+    quality = _display(_extension(action, EXT_QUALITY))
+    direction = _display(_extension(action, EXT_DIRECTION))
+    if not (strength or quality):
+        return None
+    parts = []
+    if strength:
+        parts.append(f"{strength.capitalize()} recommendation{' ' + direction if direction else ''}")
+    if quality:
+        parts.append(f"{quality.replace('-', ' ')}-quality evidence".replace("very low-quality", "very-low-quality"))
+    rationale = (_extension(action, EXT_RATIONALE) or {}).get("valueMarkdown")
+    text = f"_{'; '.join(parts)}._"
+    return f"{text} {rationale}" if rationale else text
+
+
+def _bullet(action: AppliedAction, depth: int) -> list[str]:
+    title = action.fields.get("title", "")
+    description = action.fields.get("description")
+    indent = "  " * depth
+    line = f"{indent}- **{title.rstrip('.')}.**" + (f" {description}" if description else "")
+    lines = [line]
+    evidence = evidence_line(action)
+    if evidence:
+        lines.append(f"{indent}  {evidence}")
+    for child in action.children:
+        lines.extend(_bullet(child, depth + 1))
+    return lines
+
+
+class CardBuilder:
+    """Turns $apply results into cards for one service."""
+
+    def __init__(self, content: Content, page_url: Callable[[str], str], id_factory: Callable[[], str] | None = None):
+        self.content = content
+        self.page_url = page_url
+        self.new_id = id_factory or (lambda: str(uuid.uuid4()))
+        self._reasons: dict[str, list[Json]] = {}
+
+    # -- per card ---------------------------------------------------------------------------------------
+    def cards(self, result: ApplyResult) -> tuple[list[Json], list[IssuedCard]]:
+        cards, issued = [], []
+        for action in result.actions:
+            card, record = self.card(action, result)
+            cards.append(card)
+            issued.append(record)
+        return cards, issued
+
+    def card(self, action: AppliedAction, result: ApplyResult) -> tuple[Json, IssuedCard]:
+        fields = action.fields
+        indicator = INDICATORS.get(fields.get("priority"), "info")
+        summary = _summary(fields.get("title") or result.plan.get("title", "Back spasm protocol"))
+        card: Json = {"uuid": self.new_id(), "summary": summary, "indicator": indicator, "source": self.source(action, result)}
+        detail = self.detail(action)
+        if detail:
+            card["detail"] = detail
+        suggestions = self.suggestions(action, result)
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "at-most-one" if fields.get("selectionBehavior") in ("at-most-one", "exactly-one") and not self._is_plan(action) else "any"
+        reasons = self.override_reasons(action)
+        if reasons:
+            card["overrideReasons"] = reasons
+        links = self.links(action)
+        if links:
+            card["links"] = links
+        record = IssuedCard(card["uuid"], fields.get("id", ""), (card["source"].get("topic") or {}).get("code"), indicator, summary,
+                            [(s["uuid"], s["label"]) for s in suggestions])
+        return card, record
+
+    def source(self, action: AppliedAction, result: ApplyResult) -> Json:
+        documentation = next((d for d in action.fields.get("documentation") or [] if d.get("type") == "documentation"), None)
+        label = (documentation or {}).get("display") or f"{result.plan.get('title')} (version {result.plan.get('version')})"
+        source: Json = {"label": label, "url": self.page_url(action.fields.get("id", ""))}
+        codings = [c for concept in action.fields.get("code") or [] for c in concept.get("coding") or []]
+        if codings:
+            source["topic"] = {k: codings[0][k] for k in ("system", "code", "display") if k in codings[0]}
+        return source
+
+    def detail(self, action: AppliedAction) -> str:
+        parts = []
+        if action.fields.get("description"):
+            parts.append(action.fields["description"])
+        evidence = evidence_line(action)
+        if evidence:
+            parts.append(evidence)
+        content = [child for child in action.children if self._is_plan(action) or not self._is_suggestion(child)]
+        for child in content:
+            if child.children and not child.resource:
+                heading = f"**{child.fields.get('title', '')}**"
+                if child.fields.get("description"):
+                    heading += f"  \n{child.fields['description']}"
+                parts.append(heading)
+                parts.append("\n".join(line for grandchild in child.children for line in _bullet(grandchild, 0)))
+            else:
+                parts.append("\n".join(_bullet(child, 0)))
+        return "\n\n".join(p for p in parts if p)
+
+    def links(self, action: AppliedAction) -> list[Json]:
+        links, seen = [], set()
+        for node in _walk([action]):
+            for doc in node.fields.get("documentation") or []:
+                if doc.get("type") == "citation" and doc.get("url") and doc["url"] not in seen:
+                    seen.add(doc["url"])
+                    links.append({"label": doc.get("display") or doc.get("label") or doc["url"], "url": doc["url"], "type": "absolute"})
+        return links
+
+    def override_reasons(self, action: AppliedAction) -> list[Json]:
+        ext = _extension(action, OVERRIDE_SUFFIX)
+        canonical = (ext or {}).get("valueCanonical")
+        if not canonical:
+            return []
+        if canonical not in self._reasons:
+            valueset = self.content.resolve(canonical, "ValueSet") or {}
+            self._reasons[canonical] = [{"system": c["system"], "code": c["code"], "display": c.get("display", c["code"])}
+                                        for c in (valueset.get("expansion") or {}).get("contains") or []]
+        return [dict(r) for r in self._reasons[canonical]]
+
+    # -- suggestions -------------------------------------------------------------------------------------
+    @staticmethod
+    def _is_plan(action: AppliedAction) -> bool:
+        return _type(action) == "create" and action.resource is None and any(a.resource for a in _walk(action.children))
+
+    @staticmethod
+    def _is_suggestion(action: AppliedAction) -> bool:
+        if _type(action) in ACTION_TYPES:
+            return True
+        return bool(action.children) and all(_type(c) in ACTION_TYPES for c in action.children)
+
+    def suggestions(self, action: AppliedAction, result: ApplyResult) -> list[Json]:
+        out = []
+        if self._is_plan(action):
+            plan_action = self._plan_only(action)
+            careplan = careplan_r4(ApplyResult(result.plan, result.subject, result.encounter, result.author, result.now, [plan_action], []),
+                                   id_factory=self.new_id)
+            careplan.pop("id", None)
+            out.append(self._suggestion(action.fields.get("textEquivalent") or action.fields.get("title", "Create the care plan"),
+                                        [{"type": "create", "description": action.fields.get("textEquivalent") or "Create the care plan",
+                                          "resource": careplan}]))
+            for node in _walk(action.children):
+                if _type(node) in ("update", "remove"):
+                    suggestion_action = self._action(node)
+                    if suggestion_action:
+                        out.append(self._suggestion(node.fields.get("title", ""), [suggestion_action]))
+            return out
+        for child in action.children:
+            if _type(child) in ACTION_TYPES:
+                single = self._action(child)
+                if single:
+                    out.append(self._suggestion(child.fields.get("title", ""), [single]))
+            elif child.children and all(_type(c) in ACTION_TYPES for c in child.children):
+                actions = [self._action(c) for c in child.children]
+                if actions and all(actions):
+                    out.append(self._suggestion(child.fields.get("title", ""), actions))
+        return out
+
+    def _plan_only(self, action: AppliedAction) -> AppliedAction:
+        """The plan's tree without its update/remove actions (they are suggestions of their own)."""
+        children = [self._plan_only(c) for c in action.children if _type(c) not in ("update", "remove")]
+        return AppliedAction(action.fields, action.resource, children)
+
+    def _suggestion(self, label: str, actions: list[Json]) -> Json:
+        return {"label": label, "uuid": self.new_id(), "actions": actions}
+
+    @staticmethod
+    def _action(action: AppliedAction) -> Json | None:
+        kind = ACTION_TYPES[_type(action)]
+        description = action.fields.get("title", "")
+        if kind == "delete":
+            reference = (action.fields.get("resource") or {}).get("reference")
+            return {"type": "delete", "description": description, "resourceId": reference} if reference else None
+        if action.resource is None:
+            return None
+        resource = copy.deepcopy(action.resource)
+        if kind == "create":
+            resource.pop("id", None)
+        return {"type": kind, "description": description, "resource": resource}
+
+
+def _summary(title: str) -> str:
+    """A summary under the CDS Hooks limit (cut on a word with an ellipsis if ever too long)."""
+    title = " ".join(title.split())
+    if len(title) < SUMMARY_LIMIT:
+        return title
+    cut = title[: SUMMARY_LIMIT - 2].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+def response(cards: list[Json]) -> Json:
+    """The CDS Hooks response body."""
+    return {"cards": cards}

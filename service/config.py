@@ -1,0 +1,92 @@
+"""The service's configuration, in one place: defaults, an optional JSON file, then environment variables.
+
+Each setting can be given in a JSON file named by ``BACK_SPASM_CDS_CONFIG`` (keys as below) and overridden
+by an environment variable ``BACK_SPASM_CDS_<NAME>`` (upper case), e.g. ``BACK_SPASM_CDS_REQUEST_BUDGET=2.5``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "BACK_SPASM_CDS_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass
+class Settings:
+    """Everything the service can be told."""
+
+    content_dir: str | None = None            #: protocol content folder (default: the packaged protocol)
+    database: str = "back-spasm-cds.sqlite"   #: SQLite file for issued cards and feedback
+    request_budget: float = 3.0               #: seconds a hook call may spend fetching missing prefetch
+    max_body_bytes: int = 5 * 1024 * 1024     #: largest request body accepted (413 above)
+    max_pages: int = 10                       #: searchset pages followed per query
+    prefetch_url_limit: int = 2048            #: longest prefetch template; longer code lists are dropped from it
+    fetch_workers: int = 4                    #: parallel FHIR requests when prefetch is missing
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])  #: browser origins allowed (CORS)
+    public_base_url: str | None = None        #: external base URL when behind a proxy (for links and JWT aud)
+    log_level: str = "INFO"
+    workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
+    threads: int = 4                          #: threads per worker
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
+        """Defaults, then the JSON file named by BACK_SPASM_CDS_CONFIG, then environment variables, then overrides."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        config_file = environ.get(ENV_PREFIX + "CONFIG")
+        if config_file:
+            try:
+                loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{ENV_PREFIX}CONFIG={config_file}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{config_file}: a JSON object of settings is expected")
+            values.update(loaded)
+        known = {f.name: f for f in fields(cls)}
+        for name, f in known.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _parse(name, raw, f.type)
+        values.update(overrides or {})
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject values that cannot work."""
+        if self.request_budget <= 0:
+            raise ConfigError("request_budget must be a positive number of seconds")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        if self.max_pages < 1 or self.fetch_workers < 1 or self.threads < 1 or self.workers < 0:
+            raise ConfigError("max_pages, fetch_workers and threads must be at least 1, workers at least 0")
+        if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
+            raise ConfigError("public_base_url must be an http(s) URL")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    try:
+        if "list" in text:
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if "float" in text:
+            return float(raw)
+        if "int" in text:
+            return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    return raw

@@ -1,0 +1,135 @@
+"""Reading a CDS Hooks request: parse, check what the hook requires, and normalise what clients get wrong.
+
+A request that cannot be used gets a 400 (415 when the body is not JSON) naming every problem found.
+Unknown fields are ignored. Draft orders built by clients are normalised rather than rejected: an element
+that FHIR R4 defines as a list but arrives as a single object (the CDS Hooks Sandbox sends
+``MedicationRequest.category`` and ``reasonCode`` that way) is wrapped in a list, and a ``draftOrders``
+Bundle without ``type`` is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from protocol.paths import element_info
+from service.errors import BadRequest, UnsupportedMediaType
+
+#: Context fields each hook requires (CDS Hooks library, STU1 1.0.1), and their JSON types.
+HOOK_CONTEXT: dict[str, dict[str, type]] = {
+    "patient-view": {"userId": str, "patientId": str},
+    "order-select": {"userId": str, "patientId": str, "selections": list, "draftOrders": dict},
+    "order-sign": {"userId": str, "patientId": str, "draftOrders": dict},
+}
+OPTIONAL_CONTEXT: dict[str, type] = {"encounterId": str}
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body (415 if not JSON, 400 if not an object)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UnsupportedMediaType(f"the request body is not JSON ({exc.msg} at position {exc.pos})") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
+    """Every field the hook needs, with the right type; fhirAuthorization only with fhirServer (400 listing all problems)."""
+    problems: list[str] = []
+    if body.get("hook") != hook:
+        problems.append(f"hook must be '{hook}' for this service (got {body.get('hook')!r})")
+    if not isinstance(body.get("hookInstance"), str) or not body.get("hookInstance"):
+        problems.append("hookInstance is required (a string, the UUID of this invocation)")
+    context = body.get("context")
+    if not isinstance(context, Mapping):
+        problems.append("context is required (an object)")
+    else:
+        for name, kind in HOOK_CONTEXT.get(hook, {}).items():
+            value = context.get(name)
+            if value is None:
+                problems.append(f"context.{name} is required for {hook}")
+            elif not isinstance(value, kind):
+                problems.append(f"context.{name} must be {'a string' if kind is str else 'an array' if kind is list else 'an object'}")
+        for name, kind in OPTIONAL_CONTEXT.items():
+            if name in context and not isinstance(context[name], kind):
+                problems.append(f"context.{name} must be a string")
+        if isinstance(context.get("selections"), list) and not all(isinstance(s, str) for s in context["selections"]):
+            problems.append("context.selections must be an array of strings (references such as MedicationRequest/123)")
+        orders = context.get("draftOrders")
+        if isinstance(orders, Mapping):
+            if orders.get("resourceType") != "Bundle":
+                problems.append("context.draftOrders must be a Bundle")
+            elif not isinstance(orders.get("entry", []), list):
+                problems.append("context.draftOrders.entry must be an array")
+    server = body.get("fhirServer")
+    if server is not None and not _is_url(server):
+        problems.append("fhirServer must be an http(s) URL")
+    authorization = body.get("fhirAuthorization")
+    if authorization is not None:
+        if not isinstance(authorization, Mapping):
+            problems.append("fhirAuthorization must be an object")
+        else:
+            if server is None:
+                problems.append("fhirAuthorization requires fhirServer")
+            if not isinstance(authorization.get("access_token"), str) or not authorization.get("access_token"):
+                problems.append("fhirAuthorization.access_token is required")
+            if str(authorization.get("token_type", "Bearer")).lower() != "bearer":
+                problems.append("fhirAuthorization.token_type must be Bearer")
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, Mapping):
+        problems.append("prefetch must be an object")
+    elif isinstance(prefetch, Mapping):
+        for key, value in prefetch.items():
+            if value is not None and not (isinstance(value, Mapping) and isinstance(value.get("resourceType"), str)):
+                problems.append(f"prefetch.{key} must be a FHIR resource or null")
+    if problems:
+        raise BadRequest(f"invalid {hook} request", details=problems)
+
+
+def _is_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def normalise_resource(value: Any, model: str | None = None) -> Any:
+    """A resource with every list element that arrived as a single value wrapped in a list (recursively)."""
+    if isinstance(value, list):
+        return [normalise_resource(item, model) for item in value]
+    if not isinstance(value, dict):
+        return value
+    model = value.get("resourceType") if isinstance(value.get("resourceType"), str) else model
+    if model is None:
+        return value
+    out = {}
+    for key, item in value.items():
+        info = element_info(model, key) if key not in ("resourceType", "contained") else None
+        if key == "contained" and isinstance(item, (list, dict)):
+            out[key] = [normalise_resource(r) for r in (item if isinstance(item, list) else [item])]
+            continue
+        if info is None:
+            out[key] = item
+            continue
+        child_model, repeats = info
+        if repeats and isinstance(item, dict):
+            item = [item]
+        out[key] = normalise_resource(item, child_model) if isinstance(item, (dict, list)) else item
+    return out
+
+
+def normalise_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The request with its draft orders normalised (see the module docstring)."""
+    context = body.get("context")
+    if isinstance(context, dict) and isinstance(context.get("draftOrders"), dict):
+        orders = dict(context["draftOrders"])
+        orders.setdefault("type", "collection")
+        orders["entry"] = [dict(e, resource=normalise_resource(e["resource"])) if isinstance(e, Mapping) and isinstance(e.get("resource"), dict) else e
+                           for e in orders.get("entry") or []]
+        body = dict(body, context=dict(context, draftOrders=orders))
+    return body

@@ -1,0 +1,73 @@
+"""The CDS Hooks endpoints: discovery, service calls and feedback (a Flask blueprint)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from protocol.requests import bundle_resources, calls_for_hook, run_calls
+from service.cards import CardBuilder, response
+from service.errors import NotFound
+from service.feedback import parse_feedback
+from service.hook_request import check_hook_request, normalise_request, parse_body
+from service.prefetch import gather
+
+bp = Blueprint("cds", __name__)
+
+
+def _state() -> Any:
+    return current_app.extensions["back_spasm_cds"]
+
+
+def _service(service_id: str) -> Any:
+    service = _state().services.get(service_id)
+    if service is None:
+        raise NotFound(f"no CDS service '{service_id}' (see GET /cds-services)")
+    return service
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    """CDS Hooks discovery: every service, its hook and its prefetch templates."""
+    return jsonify({"services": [s.discovery() for s in _state().services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    """A hook call: check the request, complete the prefetch, apply the plan, answer with cards."""
+    state = _state()
+    started = time.monotonic()
+    service = _service(service_id)
+    body = parse_body(request.get_data(cache=False))
+    check_hook_request(body, service.hook)
+    body = normalise_request(body)
+    g.hook, g.hook_instance = body["hook"], body["hookInstance"]
+    drafts = bundle_resources(body["context"].get("draftOrders"))
+    data, report = gather(service.prefetch, body, state.settings, started, state.http, drafts)
+    g.prefetch = report
+    fetched = time.monotonic()
+    calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data)
+    results = run_calls(state.engine, calls, state.clock())
+    applied = time.monotonic()
+    builder = CardBuilder(state.engine.content, state.page_url)
+    cards, issued = [], []
+    for result in results:
+        more, records = builder.cards(result)
+        cards.extend(more)
+        issued.extend(records)
+    state.store.record_cards(service.id, service.hook, body["hookInstance"], issued)
+    g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
+                 "cards_ms": (time.monotonic() - applied) * 1000}
+    g.cards = len(cards)
+    return jsonify(response(cards))
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    """Feedback on cards: stored durably, answered 200."""
+    service = _service(service_id)
+    items = parse_feedback(parse_body(request.get_data(cache=False)))
+    stored = _state().store.record_feedback(service.id, items)
+    return jsonify({"received": len(items), "stored": stored})
