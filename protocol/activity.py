@@ -87,8 +87,8 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], Json], None]] = {
 }
 
 SUBJECT_ELEMENT = {"Task": "for"}
-REQUESTER_ELEMENT = {"Task": "requester", "CommunicationRequest": "requester"}
-AUTHORED_ELEMENT = {"CommunicationRequest": "authoredOn", "Task": "authoredOn"}
+#: R4 requests that have no intent and no instantiatesCanonical element.
+WITHOUT_INTENT = {"CommunicationRequest"}
 
 
 def new_request(definition: Mapping[str, Any], context: RequestContext) -> Json:
@@ -101,16 +101,17 @@ def new_request(definition: Mapping[str, Any], context: RequestContext) -> Json:
     if definition.get("profile"):
         out["meta"] = {"profile": [definition["profile"]]}
     canonical = definition.get("url")
-    if canonical:
+    if canonical and kind not in WITHOUT_INTENT:
         out["instantiatesCanonical"] = [f"{canonical}|{definition['version']}" if definition.get("version") else canonical]
     out["status"] = "draft"
-    out["intent"] = definition.get("intent", "proposal")
+    if kind not in WITHOUT_INTENT:
+        out["intent"] = definition.get("intent", "proposal")
     builder(definition, out)
     if context.subject:
         out[SUBJECT_ELEMENT.get(kind, "subject")] = {"reference": context.subject}
     if context.encounter:
         out["encounter"] = {"reference": context.encounter}
-    out[AUTHORED_ELEMENT.get(kind, "authoredOn")] = context.authored
+    out["authoredOn"] = context.authored
     if context.practitioner:
-        out[REQUESTER_ELEMENT.get(kind, "requester")] = {"reference": context.practitioner}
+        out["requester"] = {"reference": context.practitioner}
     return out

@@ -3,6 +3,10 @@
 Both come from the same version-neutral tree (``ApplyResult``). In R4 every generated request is
 contained in the CarePlan and referenced as ``#id``; in R5 the RequestOrchestration is the Bundle's
 first entry and the requests follow it as entries referenced by ``urn:uuid``.
+
+A RequestGroup action must have a resource or sub-actions (invariant rqg-1). An applied action that has
+neither, because it only informs (a safety finding, a piece of guidance), is given a CommunicationRequest
+that carries its text, the way the CPG "communicate" activities do.
 """
 
 from __future__ import annotations
@@ -26,46 +30,53 @@ class _Contained:
         self.resources: list[Json] = []
         self._by_id: dict[str, Json] = {}
 
-    def add(self, resource: Json, preferred_id: str, issues: list[Issue]) -> str | None:
-        rid = resource.get("id") or preferred_id
+    def add(self, resource: Json, preferred_id: str) -> str:
+        """Contain the resource; its id is kept (an update keeps the id of what it changes) unless taken."""
+        rid = (resource.get("id") or preferred_id)[:64]
         existing = self._by_id.get(rid)
         if existing is not None:
             if existing == {**resource, "id": rid}:
                 return rid
-            if resource.get("id"):
-                issues.append(Issue("warning", "conflict", f"two actions change {resource['resourceType']}/{rid} differently: "
-                                                            "only the first change is offered"))
-                return None
             suffix = 2
-            while f"{rid}-{suffix}" in self._by_id:
+            while f"{rid[:60]}-{suffix}" in self._by_id:
                 suffix += 1
-            rid = f"{rid}-{suffix}"
+            rid = f"{rid[:60]}-{suffix}"
         resource = {**resource, "id": rid}
         self._by_id[rid] = resource
         self.resources.append(resource)
         return rid
 
 
-def _request_actions(actions: list[AppliedAction], contained: _Contained, issues: list[Issue],
+def _request_actions(actions: list[AppliedAction], contained: _Contained, result: ApplyResult,
                      reference: Callable[[Json], str]) -> list[Json]:
     out = []
     for action in actions:
         fields = dict(action.fields)
-        if action.resource is not None:
-            rid = contained.add(action.resource, f"{fields.get('id', 'action')}-{_short(action.resource)}", issues)
-            if rid is None:
-                continue
-            fields["resource"] = {"reference": reference({**action.resource, "id": rid})}
-        children = _request_actions(action.children, contained, issues, reference)
+        children = _request_actions(action.children, contained, result, reference)
+        resource = action.resource
+        if resource is None and not children and "resource" not in fields:
+            resource = _communication(fields, result)
+        if resource is not None:
+            rid = contained.add(resource, fields.get("id") or resource["resourceType"].lower())
+            fields["resource"] = {"reference": reference({**resource, "id": rid})}
         if children:
             fields["action"] = children
         out.append(fields)
     return out
 
 
-def _short(resource: Json) -> str:
-    canonical = (resource.get("instantiatesCanonical") or [""])[0]
-    return canonical.split("|")[0].rstrip("/").split("/")[-1] or resource["resourceType"].lower()
+def _communication(fields: Json, result: ApplyResult) -> Json:
+    """The CommunicationRequest an information-only action stands for: its title and description, for the care team."""
+    text = " ".join(part for part in (fields.get("title"), fields.get("description")) if part)
+    out: Json = {"resourceType": "CommunicationRequest", "status": "draft", "subject": {"reference": result.subject},
+                 "payload": [{"contentString": text or "See the plan."}], "authoredOn": _instant(result.now)}
+    if fields.get("priority"):
+        out["priority"] = fields["priority"]
+    if result.encounter:
+        out["encounter"] = {"reference": result.encounter}
+    if result.author:
+        out["requester"] = {"reference": result.author}
+    return out
 
 
 def _outcome(issues: list[Issue], oid: str) -> Json | None:
@@ -78,7 +89,7 @@ def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> 
     """R4 PlanDefinition/$apply: a CarePlan whose activity references the contained RequestGroup."""
     issues = list(result.issues)
     contained = _Contained()
-    actions = _request_actions(result.actions, contained, issues, lambda r: f"#{r['id']}")
+    actions = _request_actions(result.actions, contained, result, lambda r: f"#{r['id']}")
     canonical = canonical_of(result.plan)
     group: Json = {
         "resourceType": "RequestGroup",
@@ -120,11 +131,21 @@ def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> 
     return careplan
 
 
+def _related_artifact_r5(artifact: Json) -> Json:
+    """R5 RelatedArtifact: the url moved into document.url."""
+    out = {k: v for k, v in artifact.items() if k != "url"}
+    if artifact.get("url"):
+        out["document"] = {"url": artifact["url"]}
+    return out
+
+
 def _action_r5(action: Json) -> Json:
     """An R4 RequestGroup action as an R5 RequestOrchestration action."""
-    out = {k: v for k, v in action.items() if k not in ("relatedAction", "timingDateTime", "timingPeriod", "action")}
+    out = {k: v for k, v in action.items() if k not in ("relatedAction", "timingDateTime", "timingPeriod", "action", "documentation")}
     if "id" in action:
         out["linkId"] = action["id"]
+    if action.get("documentation"):
+        out["documentation"] = [_related_artifact_r5(d) for d in action["documentation"]]
     if action.get("relatedAction"):
         out["relatedAction"] = [{("targetId" if k == "actionId" else k): v for k, v in rel.items()} for rel in action["relatedAction"]]
     if action.get("action"):
@@ -141,7 +162,7 @@ def bundle_r5(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Js
     def reference(resource: Json) -> str:
         return urls.setdefault(resource["id"], f"urn:uuid:{uuid.uuid4()}")
 
-    actions = [_action_r5(a) for a in _request_actions(result.actions, contained, issues, reference)]
+    actions = [_action_r5(a) for a in _request_actions(result.actions, contained, result, reference)]
     canonical = canonical_of(result.plan)
     orchestration_url = f"urn:uuid:{uuid.uuid4()}"
     orchestration: Json = {
@@ -187,6 +208,12 @@ def _request_r5(resource: Json) -> Json:
         for key in ("medicationCodeableConcept", "medicationReference"):
             if key in out:
                 out["medication"] = {"concept" if key.endswith("Concept") else "reference": out.pop(key)}
+        out.pop("instantiatesCanonical", None)
+        for dosage in out.get("dosageInstruction") or []:
+            if isinstance(dosage.get("maxDosePerPeriod"), dict):
+                dosage["maxDosePerPeriod"] = [dosage["maxDosePerPeriod"]]
+    if out.get("resourceType") == "CommunicationRequest":
+        out.setdefault("intent", "proposal")
     if out.get("resourceType") == "ServiceRequest":
         if "code" in out:
             out["code"] = {"concept": out["code"]}

@@ -144,9 +144,6 @@ def test_both_updates_of_one_draft_are_applied(engine):
     assert dose["dosageInstruction"][0]["timing"]["repeat"]["frequency"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/output.py _Contained.add: when two actions update the same draft "
-                                       "(S8 course limit and S9 dose limit on MedicationRequest/rx-1) only the first is kept; "
-                                       "the S9 card loses its suggestion and a 'conflict' warning is added instead")
 def test_both_updates_of_one_draft_reach_the_careplan(samples):
     careplan = samples["review-dose-course"]
     actions = {a["id"]: a for a in group_actions(request_group(careplan)["action"])}
@@ -209,27 +206,17 @@ def test_careplans_with_suggestions_only_pass_the_independent_r4_checker(samples
     assert errors == [] and code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the Node checker reports errors: rqg-1 on information-only RequestGroup actions "
-                                       "(see test_every_request_group_action_has_a_resource_or_sub_actions) and a contained "
-                                       "id over 64 characters (see test_contained_ids_are_valid_r4_ids)")
 def test_every_sample_careplan_passes_the_independent_r4_checker(samples, tmp_path):
     code, errors = checker_errors(list(samples.values()), tmp_path)
     assert errors == [] and code == 0
 
 
-@pytest.mark.xfail(strict=True, reason="R4 invariant rqg-1 (RequestGroup.action: resource.exists() != action.exists()): "
-                                       "information-only actions such as serotonergic-warning, withheld-cardiac, "
-                                       "withheld-older-adult, phase-1-cyclobenzaprine-not-proposed and phase-4-evaluate-causes "
-                                       "are written with neither a resource nor sub-actions (protocol/output.py _request_actions)")
 def test_every_request_group_action_has_a_resource_or_sub_actions(samples):
     bad = [(name, a["id"]) for name, careplan in samples.items() for a in group_actions(request_group(careplan).get("action") or [])
            if ("resource" in a) == bool(a.get("action"))]
     assert bad == []
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/output.py names a contained request '<action id>-<ActivityDefinition id>': "
-                                       "'phase-4-multidisciplinary-multidisciplinary-rehabilitation-referral' has 67 characters, "
-                                       "over the 64 an R4 id allows")
 def test_contained_ids_are_valid_r4_ids(samples):
     bad = [(name, r["id"]) for name, careplan in samples.items() for r in careplan["contained"]
            if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", r["id"])]
@@ -274,16 +261,11 @@ def test_r5_care_plans_and_service_requests_validate_with_the_r5_models(r5_sampl
     assert checked >= 5
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/output.py _action_r5 copies R4 RelatedArtifact documentation unchanged; "
-                                       "R5 RelatedArtifact has no 'url' (it moved to document.url / resource)")
 def test_r5_request_orchestration_validates_with_the_r5_models(r5_samples):
     for bundle in r5_samples:
         r5_model("RequestOrchestration").model_validate(bundle["entry"][0]["resource"])
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/output.py _request_r5 leaves R4-only MedicationRequest elements: "
-                                       "instantiatesCanonical (not in R5 MedicationRequest) and dosageInstruction.maxDosePerPeriod "
-                                       "as an object (a list in R5)")
 def test_r5_medication_requests_validate_with_the_r5_models(r5_samples):
     orders = [e["resource"] for b in r5_samples for e in b["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
     assert len(orders) >= 3
@@ -385,8 +367,6 @@ def test_activity_apply_communication_request(changed):
     assert resource["authoredOn"].startswith(CLOCK.date().isoformat())
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/activity.py new_request gives every kind 'instantiatesCanonical' and "
-                                       "'intent'; R4 CommunicationRequest has neither element")
 def test_activity_apply_communication_request_is_valid_r4(changed):
     patient = patient_in_phase(1)
     resource, _ = changed.apply_activity("reminder-stay-active", patient.resources, CLOCK, patient.id)
