@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -18,7 +19,8 @@ from flask_cors import CORS
 
 from protocol.content import load_content
 from protocol.engine import Engine
-from service.config import Settings
+from service.auth import Authenticator, ReplayCache, TrustedClient, load_clients
+from service.config import ConfigError, Settings
 from service.errors import register_error_handlers
 from service.feedback import FeedbackStore
 from service.registry import Service, build_services
@@ -35,6 +37,7 @@ class ServiceState:
     clock: Callable[[], datetime]
     http: requests.Session
     page_url: Callable[[str], str]
+    auth: Authenticator
 
 
 def _page_url(settings: Settings) -> Callable[[str], str]:
@@ -47,6 +50,17 @@ def _page_url(settings: Settings) -> Callable[[str], str]:
     return page_url
 
 
+DEVELOPMENT_CLIENTS = Path(__file__).resolve().parent / "trust" / "development-clients.json"
+
+
+def trusted_clients(settings: Settings) -> dict[str, TrustedClient]:
+    """The configured clients; in development also the public CDS Hooks Sandbox (its key is public: never in production)."""
+    clients = load_clients(DEVELOPMENT_CLIENTS) if settings.mode == "development" else {}
+    if settings.trusted_clients:
+        clients.update(load_clients(settings.trusted_clients))
+    return clients
+
+
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None, clock: Callable[[], datetime] | None = None,
                http: requests.Session | None = None) -> Flask:
     """Build the application: content compiled at start, so the first request is not slow."""
@@ -57,9 +71,13 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.json.compact = True
+    clock = clock or (lambda: datetime.now(timezone.utc))
+    http = http or requests.Session()
+    store = FeedbackStore(settings.database)
+    auth = Authenticator(trusted_clients(settings), production=settings.mode == "production",
+                         allow_unauthenticated=settings.allow_unauthenticated, replay=ReplayCache(store.path), clock=clock, http=http)
     state = ServiceState(settings=settings, engine=engine, services=build_services(engine, settings.prefetch_url_limit),
-                         store=FeedbackStore(settings.database), clock=clock or (lambda: datetime.now(timezone.utc)),
-                         http=http or requests.Session(), page_url=_page_url(settings))
+                         store=store, clock=clock, http=http, page_url=_page_url(settings), auth=auth)
     app.extensions["back_spasm_cds"] = state
     CORS(app, resources={r"/cds-services*": {"origins": settings.cors_origins}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)

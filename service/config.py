@@ -32,6 +32,9 @@ class Settings:
     fetch_workers: int = 4                    #: parallel FHIR requests when prefetch is missing
     cors_origins: list[str] = field(default_factory=lambda: ["*"])  #: browser origins allowed (CORS)
     public_base_url: str | None = None        #: external base URL when behind a proxy (for links and JWT aud)
+    mode: str = "development"                 #: development (sandbox issuer trusted, unauthenticated calls allowed) or production
+    trusted_clients: str | None = None        #: JSON file of trusted CDS clients (required in production)
+    allow_unauthenticated: bool = True        #: development only: accept calls without a JWT
     log_level: str = "INFO"
     workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
     threads: int = 4                          #: threads per worker
@@ -73,6 +76,10 @@ class Settings:
             raise ConfigError("max_pages, fetch_workers and threads must be at least 1, workers at least 0")
         if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
             raise ConfigError("public_base_url must be an http(s) URL")
+        if self.mode not in ("development", "production"):
+            raise ConfigError("mode must be development or production")
+        if self.mode == "production" and not self.trusted_clients:
+            raise ConfigError("production mode needs trusted_clients (the JSON file of the CDS clients to trust)")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +87,12 @@ class Settings:
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
     text = str(annotation)
+    if "bool" in text:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
     try:
         if "list" in text:
             return [item.strip() for item in raw.split(",") if item.strip()]

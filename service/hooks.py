@@ -21,6 +21,26 @@ def _state() -> Any:
     return current_app.extensions["back_spasm_cds"]
 
 
+@bp.before_request
+def authenticate() -> None:
+    """Every call (not the CORS preflight) carries a JWT whose aud is the URL called."""
+    if request.method == "OPTIONS":
+        return
+    state = _state()
+    base = state.settings.public_base_url or request.host_url
+    audience = base.rstrip("/") + request.path
+    g.client = state.auth.authenticate(request.headers.get("Authorization"), audience)
+
+
+def _fhir_server(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as the service may act on it: a fhirServer the client may not name is dropped with its token."""
+    server = body.get("fhirServer")
+    if server and not _state().auth.fhir_server_allowed(g.get("client"), server):
+        g.fhir_server_refused = True
+        return {k: v for k, v in body.items() if k not in ("fhirServer", "fhirAuthorization")}
+    return body
+
+
 def _service(service_id: str) -> Any:
     service = _state().services.get(service_id)
     if service is None:
@@ -45,7 +65,7 @@ def call_service(service_id: str) -> Response:
     body = normalise_request(body)
     g.hook, g.hook_instance = body["hook"], body["hookInstance"]
     drafts = bundle_resources(body["context"].get("draftOrders"))
-    data, report = gather(service.prefetch, body, state.settings, started, state.http, drafts)
+    data, report = gather(service.prefetch, _fhir_server(body), state.settings, started, state.http, drafts)
     g.prefetch = report
     fetched = time.monotonic()
     calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data)

@@ -1,0 +1,282 @@
+"""Authenticating CDS clients (CDS Hooks 2.0 JWT) and deciding which FHIR servers a client may name.
+
+Every request to discovery, a service or feedback carries ``Authorization: Bearer <JWT>``, signed by the
+client. The trusted clients are configured (a JSON file): per issuer, its keys (inline JWKS, a JWKS file, or
+the ``jku`` URLs it may use), the FHIR server base URLs it may name, and whether it is for development only.
+
+A token is accepted when: its algorithm is an asymmetric one on the allow-list (never ``none`` or HMAC), its
+issuer is configured (and, in production, not a development-only one), its ``jku`` (if any) is one the issuer
+may use, its ``kid`` names one of the issuer's keys, the signature verifies, ``aud`` is exactly the URL
+called, ``exp`` has not passed and ``iat`` is not in the future (small leeway), and its ``jti`` was never seen
+before (kept until expiry, in the database shared by the workers). Failures answer 401 without saying which
+check failed; the log says which, never with the token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+import requests
+
+from service.errors import Unauthorized
+
+log = logging.getLogger("back_spasm_cds.auth")
+
+ALLOWED_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+LEEWAY_SECONDS = 60
+MAX_LIFETIME_SECONDS = 3600
+JWKS_TTL_SECONDS = 300
+JWKS_REFRESH_COOLDOWN = 30
+JWKS_MAX_BYTES = 64 * 1024
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+class AuthConfigError(ValueError):
+    """The trusted-clients configuration cannot be used; the message names the problem."""
+
+
+class AuthFailure(Exception):
+    """Why a token was refused (for the log only; the client gets a plain 401)."""
+
+
+@dataclass
+class TrustedClient:
+    """One CDS client: its issuer, keys, allowed jku URLs and FHIR servers."""
+
+    iss: str
+    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
+    jku: list[str] = field(default_factory=list)
+    fhir_servers: list[str] = field(default_factory=list)
+    development_only: bool = False
+    fetched: dict[str, float] = field(default_factory=dict)
+
+
+def _jwks_keys(jwks: Mapping[str, Any], where: str) -> dict[str, jwt.PyJWK]:
+    keys = {}
+    for i, item in enumerate(jwks.get("keys") or []):
+        if not isinstance(item, Mapping) or not item.get("kid"):
+            raise AuthConfigError(f"{where}: key {i} has no kid")
+        try:
+            keys[item["kid"]] = jwt.PyJWK(dict(item))
+        except jwt.PyJWTError as exc:
+            raise AuthConfigError(f"{where}: key {item['kid']}: {exc}") from exc
+    return keys
+
+
+def load_clients(path: str | Path) -> dict[str, TrustedClient]:
+    """Read the trusted-clients file: ``{"clients": [{"iss", "jwks" | "jwks_file" | "jku", "fhir_servers", "development_only"}]}``."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AuthConfigError(f"{path}: {exc}") from exc
+    clients: dict[str, TrustedClient] = {}
+    for i, entry in enumerate((config or {}).get("clients") or []):
+        where = f"{path} clients[{i}]"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("iss"), str):
+            raise AuthConfigError(f"{where}: iss is required")
+        client = TrustedClient(entry["iss"], development_only=bool(entry.get("development_only", False)))
+        if entry.get("jwks"):
+            client.keys.update(_jwks_keys(entry["jwks"], where))
+        if entry.get("jwks_file"):
+            file = (path.parent / entry["jwks_file"]).resolve()
+            try:
+                client.keys.update(_jwks_keys(json.loads(file.read_text(encoding="utf-8")), f"{where} jwks_file"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise AuthConfigError(f"{where}: jwks_file {file}: {exc}") from exc
+        client.jku = [u for u in entry.get("jku") or [] if isinstance(u, str)]
+        client.fhir_servers = [u.rstrip("/") for u in entry.get("fhir_servers") or [] if isinstance(u, str)]
+        if not client.keys and not client.jku:
+            raise AuthConfigError(f"{where}: give the issuer's keys (jwks, jwks_file) or the jku URLs it uses")
+        clients[client.iss] = client
+    return clients
+
+
+def normalise_url(url: str) -> str:
+    """Scheme and host lower-cased, default port dropped, no trailing slash: how audiences are compared."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port is None or port == default else f"{host}:{port}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
+class ReplayCache:
+    """Token ids seen, until they expire; in SQLite so that every worker process sees them."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (iss, jti))")
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=5000")
+            self._local.db = db
+        return db
+
+    def first_use(self, iss: str, jti: str, exp: int, now: float) -> bool:
+        """Record the token id; False if it was already used."""
+        db = self._db()
+        try:
+            db.execute("INSERT INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp))
+        except sqlite3.IntegrityError:
+            return False
+        if int(now) % 64 == 0:
+            db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
+        return True
+
+
+class Authenticator:
+    """Checks the bearer JWT of a request against the trusted clients."""
+
+    def __init__(self, clients: dict[str, TrustedClient], *, production: bool, allow_unauthenticated: bool,
+                 replay: ReplayCache, clock: Callable[[], datetime], http: requests.Session | None = None):
+        self.clients = clients
+        self.production = production
+        self.allow_unauthenticated = allow_unauthenticated and not production
+        self.replay = replay
+        self.clock = clock
+        self.http = http or requests.Session()
+        self._lock = threading.Lock()
+
+    def authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
+        """The client that signed the request (None for an accepted unauthenticated development call); 401 otherwise."""
+        try:
+            return self._authenticate(authorization, audience)
+        except AuthFailure as exc:
+            log.warning("authentication refused: %s", exc)
+            raise Unauthorized("authentication failed: a valid CDS Hooks JWT bearer token is required") from None
+
+    def _authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
+        if not authorization:
+            if self.allow_unauthenticated:
+                return None
+            raise AuthFailure("no Authorization header")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthFailure("Authorization is not a Bearer token")
+        token = token.strip()
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise AuthFailure(f"malformed token ({type(exc).__name__})") from None
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise AuthFailure(f"algorithm {algorithm!r} not allowed")
+        if header.get("typ") not in (None, "JWT"):
+            raise AuthFailure(f"typ {header.get('typ')!r} is not JWT")
+        client = self.clients.get(claims.get("iss"))
+        if client is None:
+            raise AuthFailure(f"issuer {claims.get('iss')!r} is not a trusted client")
+        if client.development_only and self.production:
+            raise AuthFailure(f"issuer {client.iss} is trusted for development only")
+        key = self._key(client, header)
+        try:
+            verified = jwt.decode(token, key=key, algorithms=[algorithm],
+                                  options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False,
+                                           "require": ["iss", "aud", "exp", "iat", "jti"]})
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthFailure(f"claim {exc.claim} missing") from None
+        except jwt.PyJWTError as exc:
+            raise AuthFailure(f"signature or claims invalid ({type(exc).__name__})") from None
+        self._check_claims(verified, audience)
+        if not self.replay.first_use(client.iss, str(verified["jti"]), int(verified["exp"]), self.clock().timestamp()):
+            raise AuthFailure("jti already used (replay)")
+        return client
+
+    def _check_claims(self, claims: Mapping[str, Any], audience: str) -> None:
+        now = self.clock().timestamp()
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        expected = normalise_url(audience)
+        if not any(isinstance(a, str) and normalise_url(a) == expected for a in audiences):
+            raise AuthFailure("aud is not the URL called")
+        try:
+            exp, iat = float(claims["exp"]), float(claims["iat"])
+        except (TypeError, ValueError):
+            raise AuthFailure("exp or iat is not a number") from None
+        if exp < now - LEEWAY_SECONDS:
+            raise AuthFailure("token expired")
+        if iat > now + LEEWAY_SECONDS:
+            raise AuthFailure("iat is in the future")
+        if exp - iat > MAX_LIFETIME_SECONDS:
+            raise AuthFailure("token lifetime longer than an hour")
+        if "nbf" in claims and float(claims["nbf"]) > now + LEEWAY_SECONDS:
+            raise AuthFailure("token not valid yet (nbf)")
+        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+            raise AuthFailure("jti missing")
+
+    def _key(self, client: TrustedClient, header: Mapping[str, Any]) -> Any:
+        kid = header.get("kid")
+        if not kid:
+            raise AuthFailure("kid missing")
+        jku = header.get("jku")
+        if jku is not None and jku not in client.jku:
+            raise AuthFailure("jku not allowed for this issuer")
+        key = client.keys.get(kid)
+        if key is None and client.jku:
+            self._refresh(client, [jku] if jku else client.jku)
+            key = client.keys.get(kid)
+        if key is None:
+            raise AuthFailure(f"unknown kid {kid!r}")
+        return key
+
+    def _refresh(self, client: TrustedClient, urls: list[str]) -> None:
+        """Fetch the issuer's JWKS from its allowed jku URLs (cached; at most one refresh per cooldown)."""
+        now = time.monotonic()
+        with self._lock:
+            for url in urls:
+                if url not in client.jku:
+                    continue
+                last = client.fetched.get(url, -1e9)
+                if now - last < JWKS_REFRESH_COOLDOWN:
+                    continue
+                client.fetched[url] = now
+                if self.production and urlsplit(url).scheme != "https":
+                    log.warning("jku %s is not https: not fetched in production", url)
+                    continue
+                try:
+                    response = self.http.get(url, timeout=3, allow_redirects=False, headers={"Accept": "application/json"})
+                    if response.status_code != 200 or len(response.content) > JWKS_MAX_BYTES:
+                        raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
+                    client.keys.update(_jwks_keys(response.json(), url))
+                except (requests.RequestException, ValueError, AuthConfigError) as exc:
+                    log.warning("JWKS %s could not be fetched: %s", url, type(exc).__name__)
+
+    # -- FHIR server trust -------------------------------------------------------------------------------------
+    def fhir_server_allowed(self, client: TrustedClient | None, server: str) -> bool:
+        """May this client's request make the service call this FHIR server (with the client's token)?"""
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        if self.production and parts.scheme != "https":
+            return False
+        if client is None:
+            return not self.production and parts.hostname in LOOPBACK_HOSTS
+        return any(_under(server, base) for base in client.fhir_servers)
+
+
+def _under(server: str, base: str) -> bool:
+    """True if server is the base URL or below it; a base with no port and no path stands for its whole host."""
+    wanted, allowed = urlsplit(normalise_url(server)), urlsplit(normalise_url(base))
+    if (wanted.scheme, wanted.hostname) != (allowed.scheme, allowed.hostname):
+        return False
+    if allowed.port is None and not allowed.path:
+        return True
+    return wanted.netloc == allowed.netloc and (wanted.path == allowed.path or wanted.path.startswith(allowed.path + "/"))
