@@ -84,18 +84,33 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the CDS Hooks service under gunicorn."""
-    from service.config import ConfigError, Settings
+    """Run the CDS Hooks service under gunicorn (development mode on a loopback address, production elsewhere)."""
+    import os
+
+    from service.config import ENV_PREFIX, ConfigError, Settings
     from service.server import run
 
+    overrides: dict[str, Any] = {"content_dir": str(args.content)} if args.content else {}
+    loopback = args.host in LOOPBACK
+    if not os.environ.get(ENV_PREFIX + "MODE"):
+        overrides["mode"] = "development" if loopback or args.insecure else "production"
     try:
-        overrides = {"content_dir": str(args.content)} if args.content else {}
         settings = Settings.load(overrides=overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not loopback and not args.insecure and "trusted_clients" in str(exc):
+            print(f"error: refusing to serve on {args.host} without a trusted-clients configuration "
+                  f"(set {ENV_PREFIX}TRUSTED_CLIENTS, or pass --insecure for a development server on this address)", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"serving CDS Hooks on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    if settings.mode == "development" and not loopback:
+        print(f"warning: development mode on {args.host}: the public sandbox issuer is trusted and calls without a JWT are "
+              "accepted; never do this with real patient data", file=sys.stderr)
+    print(f"serving CDS Hooks ({settings.mode} mode) on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     run(args.host, args.port, settings)
     return 0
 
@@ -125,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--insecure", action="store_true", help="allow development mode on a non-loopback address (never with real data)")
     p.set_defaults(func=cmd_serve)
     return parser
 

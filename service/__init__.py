@@ -6,7 +6,6 @@ blueprints (CDS Hooks endpoints, health probes), CORS and the error handlers.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from protocol.content import load_content
 from protocol.engine import Engine
 from service.auth import Authenticator, ReplayCache, TrustedClient, load_clients
 from service.config import ConfigError, Settings
+from service import logs
 from service.errors import register_error_handlers
 from service.feedback import FeedbackStore
 from service.registry import Service, build_services
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                http: requests.Session | None = None) -> Flask:
     """Build the application: content compiled at start, so the first request is not slow."""
     settings = settings or Settings.load()
-    logging.getLogger("back_spasm_cds").setLevel(settings.log_level.upper())
+    logs.configure(settings.log_level)
     engine = engine or Engine(load_content(settings.content_dir))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(hooks.bp)
     app.register_blueprint(health.bp)
     register_error_handlers(app)
+    logs.install(app)
     return app
 
 

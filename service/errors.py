@@ -6,13 +6,10 @@ recommends an OperationOutcome for non-2xx answers). No stack trace and no patie
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger("back_spasm_cds")
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 412: "incomplete",
                413: "too-costly", 415: "not-supported", 429: "throttled", 500: "exception", 503: "transient"}
@@ -89,5 +86,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        from service.logs import log_exception
+
+        log_exception(exc)
         return error_response(500, "internal error: the request could not be processed")
