@@ -14,6 +14,14 @@ fhirpathpy 2.2.4 gets date/time comparison and arithmetic wrong in ways that
 matter at clinical boundaries ("onset more than 48 hours ago").  This module
 corrects that for the expressions it evaluates, without modifying fhirpathpy
 itself: see ``_corrected_operators`` below.
+
+Evaluation cost matters (dozens of expressions per request): a compiled expression
+runs as Python closures built once from the parse tree (``_Compiler``) that call
+fhirpathpy's functions the way its interpreter does, without its per-node overhead.
+``%variables`` are read from the caller's mapping only when the expression reaches
+them, and ``and``/``or``/``implies`` skip their right operand when the left one
+decides the result, so a mapping that computes variables on demand computes only
+what is needed.
 """
 
 from __future__ import annotations
@@ -35,10 +43,14 @@ from antlr4 import CommonTokenStream, InputStream
 from antlr4.error.ErrorListener import ErrorListener
 from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.engine import do_eval
+from fhirpathpy.engine import make_param as fp_make_param
+from fhirpathpy.engine import param_check_table as fp_param_check_table
 from fhirpathpy.engine import util as fp_util
+from fhirpathpy.engine.evaluators import evaluators as fp_evaluators
 from fhirpathpy.engine.invocations import equality as fp_equality
 from fhirpathpy.engine.invocations import existence as fp_existence
 from fhirpathpy.engine.invocations import invocation_registry
+from fhirpathpy.engine.invocations import logic as fp_logic
 from fhirpathpy.engine.invocations import math as fp_math
 from fhirpathpy.engine.invocations import misc as fp_misc
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, TypeInfo
@@ -92,7 +104,16 @@ class CompiledExpression(Protocol):
     variables: frozenset[str]
 
     def __call__(self, env: Mapping[str, Any], ctx: EvaluationContext, focus: Any = None) -> list:
-        """Evaluate with ``focus`` as input collection and ``env`` as %variables; return the raw results."""
+        """Evaluate with ``focus`` as input collection and ``env`` as %variables; return the raw results.
+
+        ``env`` is read lazily: only when the evaluation reaches ``%name`` does it ask
+        ``name in env`` and then ``env[name]`` (again at every read), so its values may be
+        computed on first access.  A name it lacks (other than ``context`` and ``ucum``,
+        which default to the focus and the UCUM url) is a FhirPathEvaluationError then;
+        an exception raised by ``env[name]`` propagates (wrapped unless it already is a
+        FhirPathEvaluationError).  The right operand of ``and``/``or``/``implies`` is not
+        evaluated when the left one decides the result.
+        """
         ...
 
 
@@ -685,6 +706,537 @@ def _inspect(ast: dict, expression: str) -> frozenset[str]:
     return frozenset(names)
 
 
+# ---------------------------------------------------------------- compiled evaluation
+#
+# fhirpathpy interprets the parsed tree on every evaluation, and redoes per node work whose
+# result never changes: unquoting identifiers with a regular expression, merging its whole
+# function table into a new dict for every function call and operator, looking up node
+# evaluators by type name, and reading the R4 model for every member of every item.
+# ``_Compiler`` turns the tree once into Python closures that do the same steps in the
+# same order with those constants computed ahead: every node becomes a node of type
+# ``_COMPILED`` holding its closure, which fhirpathpy's own ``do_eval`` also dispatches
+# (through one entry added to its evaluator table under a name it does not use), so
+# fhirpathpy functions that evaluate their arguments (where, iif, aggregate ...) run the
+# compiled arguments.  A node kind the compiler does not know is left to fhirpathpy.
+#
+# Two deliberate differences: ``and``/``or``/``implies`` do not evaluate their right
+# operand when the left one decides the result, and %variables are read from the
+# caller's mapping only when the expression reaches them (see _Variables).
+
+_COMPILED = "protocol.fhirpath:compiled"
+
+
+def _run_compiled_node(ctx: dict, data: Any, node: dict) -> Any:
+    """fhirpathpy evaluator for compiled nodes: run the node's closure."""
+    return node["run"](ctx, data)
+
+
+fp_evaluators[_COMPILED] = _run_compiled_node
+
+_Run = Callable[[dict, Any], Any]  # (fhirpathpy state, input collection) -> result
+
+
+class _Uncompiled(Exception):
+    """A node the compiler leaves to fhirpathpy's interpreter (unknown kind or shape)."""
+
+
+def _identifier_text(node: dict) -> str:
+    """The value fhirpathpy's identifier evaluator gives a node, computed once."""
+    return re.sub(r'(^"|"$)', "", node["text"])
+
+
+def _is_nullable(value: Any) -> bool:
+    """fhirpathpy's util.is_nullable: None or an empty list."""
+    return value is None or (isinstance(value, list) and len(value) == 0)
+
+
+def _is_some(value: Any) -> bool:
+    """fhirpathpy's util.is_some: neither None nor an empty list."""
+    return value is not None and not (isinstance(value, list) and len(value) == 0)
+
+
+def _arraify(value: Any) -> list:
+    """fhirpathpy's util.arraify without its default: a list as is, a value in a list, nothing as []."""
+    if isinstance(value, list):
+        return value
+    if value is not None:
+        return [value]
+    return []
+
+
+def _checked_param(res: list, node_type: Any) -> Any:
+    """The end of fhirpathpy's make_param for typed arguments: singleton checks and conversion."""
+    if isinstance(node_type, list):
+        if len(res) == 0:
+            return []
+        node_type = node_type[0]
+    if len(res) > 1:
+        raise Exception(
+            "Unexpected collection" + json.dumps(res) + "; expected singleton of type " + node_type
+        )
+    if len(res) == 0:
+        return []
+    if node_type not in fp_param_check_table:
+        raise Exception("Implement me for " + node_type)
+    return fp_param_check_table[node_type](res[0])
+
+
+def _aliased_operator(aliases: dict[str, str]) -> Callable:
+    """Builder of `is`/`as` and `in`/`contains`: the operator under the name of its table entry."""
+
+    def build(compiler: _Compiler, node: dict) -> _Run:
+        op = node["terminalNodeText"][0]
+        if op not in aliases:
+            raise _Uncompiled
+        return compiler._infix(aliases[op], node["children"])
+
+    return build
+
+
+_CHOICE_CACHE_LIMIT = 512  # distinct input types remembered per member node
+
+
+class _Compiler:
+    """Builds the closures of one parsed expression for one model (see the section comment)."""
+
+    def __init__(self, model: dict | None) -> None:
+        self.model = model
+
+    # -- entry points
+
+    def node(self, node: dict) -> dict:
+        """The compiled replacement of a node, or the node itself if left to fhirpathpy."""
+        builder = self._BUILDERS.get(node.get("type"))
+        if builder is None:
+            return node
+        try:
+            run = builder(self, node)
+        except Exception:  # _Uncompiled, or a shape fhirpathpy would fail on when evaluating
+            return node
+        return {"type": _COMPILED, "text": node.get("text"), "run": run}
+
+    def run(self, node: dict) -> _Run:
+        """The closure evaluating a node (fhirpathpy's do_eval for nodes left to it)."""
+        compiled = self.node(node)
+        if compiled is node:
+            return lambda ctx, data: do_eval(ctx, data, node)
+        return compiled["run"]
+
+    # -- arguments, as fhirpathpy's make_param evaluates them
+
+    def param(self, node_type: Any, node: dict) -> Callable[[dict, Any], Any]:
+        """A closure (state, parent data) -> argument value, per fhirpathpy's make_param."""
+        if node_type in ("Identifier", "TypeSpecifier"):  # read from the parse tree, not evaluated
+            return lambda ctx, parent: fp_make_param(ctx, parent, node_type, node)
+        run = self.run(node)
+        if node_type == "Expr":
+
+            def expr_param(ctx: dict, parent: Any) -> Callable[[Any], Any]:
+                def evaluate(data: Any) -> Any:
+                    this = _arraify(data)
+                    ctx["$this"] = this
+                    return run(ctx, this)
+
+                return evaluate
+
+            return expr_param
+        if node_type == "AnyAtRoot":
+
+            def at_root_param(ctx: dict, parent: Any) -> Any:
+                this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+                ctx["$this"] = this
+                return run(ctx, this)
+
+            return at_root_param
+        if node_type == "Any":
+
+            def any_param(ctx: dict, parent: Any) -> Any:
+                ctx["$this"] = parent
+                return run(ctx, parent)
+
+            return any_param
+        if node_type == ["Boolean"]:  # operands of and/or/xor/implies
+
+            def boolean_param(ctx: dict, parent: Any) -> Any:
+                ctx["$this"] = parent
+                res = run(ctx, parent)
+                if len(res) == 1 and (res[0] is True or res[0] is False):
+                    return res[0]
+                return _checked_param(res, node_type)
+
+            return boolean_param
+
+        def typed_param(ctx: dict, parent: Any) -> Any:
+            ctx["$this"] = parent
+            return _checked_param(run(ctx, parent), node_type)
+
+        return typed_param
+
+    # -- node kinds
+
+    def _pass_through(self, node: dict) -> _Run:
+        """TermExpression, InvocationTerm, ParenthesizedTerm: the child's value."""
+        return self.run(node["children"][0])
+
+    def _literal_term(self, node: dict) -> _Run:
+        term = node["children"][0]
+        if term:
+            return self.run(term)
+        text = node["text"]
+        return lambda ctx, data: [text]
+
+    def _constant(self, node: dict) -> _Run:
+        """Number, string and boolean literals: an immutable value, computed once."""
+        value = fp_evaluators[node["type"]](None, None, node)[0]
+        return lambda ctx, data: [value]
+
+    def _null_literal(self, node: dict) -> _Run:
+        return lambda ctx, data: []
+
+    def _quantity_literal(self, node: dict) -> _Run:
+        quantity = fp_evaluators["QuantityLiteral"](None, None, node)[0]
+        value, unit = quantity.value, quantity.unit
+        return lambda ctx, data: [FP_Quantity(value, unit)]  # a new object per evaluation, as before
+
+    def _date_time_literal(self, node: dict) -> _Run:
+        text = node["text"][1:]
+        return lambda ctx, data: [FP_DateTime(text)]
+
+    def _time_literal(self, node: dict) -> _Run:
+        text = node["text"][2:]
+        return lambda ctx, data: [FP_Time(text)]
+
+    def _this(self, node: dict) -> _Run:
+        return lambda ctx, data: _arraify(ctx["$this"])
+
+    def _index(self, node: dict) -> _Run:
+        return lambda ctx, data: _arraify(ctx["$index"])
+
+    def _total(self, node: dict) -> _Run:
+        return lambda ctx, data: _arraify(ctx["$total"])
+
+    def _external_constant(self, node: dict) -> _Run:
+        """%name: the variable, read from the caller's mapping when reached."""
+        name = _identifier_text(node["children"][0]["children"][0]).replace("`", "")
+
+        def variable(ctx: dict, data: Any) -> list:
+            value = ctx["vars"].value(name)
+            if value is None:
+                return []
+            if not isinstance(value, list):
+                return [value]
+            return value
+
+        return variable
+
+    def _invocation_expression(self, node: dict) -> _Run:
+        """a.b.c: each step evaluated on the result of the previous one."""
+        runs = [self.run(child) for child in node["children"]]
+        if len(runs) == 2:
+            first, second = runs
+
+            def chain2(ctx: dict, data: Any) -> list:
+                return list(second(ctx, first(ctx, data)))
+
+            return chain2
+
+        def chain(ctx: dict, data: Any) -> list:
+            for step in runs:
+                data = step(ctx, data)
+            return list(data)
+
+        return chain
+
+    def _polarity(self, node: dict) -> _Run:
+        sign = node["terminalNodeText"][0]
+        operand = self.run(node["children"][0])
+
+        def polarity(ctx: dict, data: Any) -> list:
+            rtn = operand(ctx, data)
+            if len(rtn) != 1:
+                raise Exception("Unary " + sign + " can only be applied to an individual number.")
+            if not fp_util.is_number(rtn[0]):
+                raise Exception("Unary " + sign + " can only be applied to a number.")
+            if sign == "-":
+                rtn[0] = -rtn[0]
+            return rtn
+
+        return polarity
+
+    def _indexer(self, node: dict) -> _Run:
+        collection, index = (self.run(child) for child in node["children"][:2])
+
+        def indexer(ctx: dict, data: Any) -> list:
+            coll = collection(ctx, data)
+            idx = index(ctx, data)
+            if isinstance(idx, list) and len(idx) == 0:
+                return []
+            number = int(idx[0])
+            if coll is not None and len(coll) > number and number >= 0:
+                return [coll[number]]
+            return []
+
+        return indexer
+
+    def _infix(self, fn_name: str, operands: list) -> _Run:
+        """An operator as fhirpathpy's infix_invoke applies it, with its table entry looked up once."""
+        invocation = _KNOWN_FUNCTIONS.get(fn_name)
+        if invocation is None or "fn" not in invocation or len(operands) != 2:
+            raise _Uncompiled
+        arg_types = invocation["arity"][2]
+        if arg_types is None:
+            raise _Uncompiled
+        fn = invocation["fn"]
+        left, right = self.param(arg_types[0], operands[0]), self.param(arg_types[1], operands[1])
+        short_circuit = _SHORT_CIRCUIT.get(fn_name)
+        if short_circuit is not None and short_circuit[0] is fn and "nullable" not in invocation:
+            decisive, result = short_circuit[1], [short_circuit[2]]
+
+            def logical(ctx: dict, data: Any) -> list:
+                a = left(ctx, data)
+                if a is decisive:
+                    ctx["$this"] = data  # as evaluating the right operand would have left it
+                    return list(result)
+                return _arraify(fn(ctx, a, right(ctx, data)))
+
+            return logical
+        if "nullable" in invocation:
+
+            def nullable_operator(ctx: dict, data: Any) -> list:
+                a = left(ctx, data)
+                b = right(ctx, data)
+                if _is_nullable(a) or _is_nullable(b):
+                    return []
+                return _arraify(fn(ctx, a, b))
+
+            return nullable_operator
+
+        def operator(ctx: dict, data: Any) -> list:
+            a = left(ctx, data)
+            return _arraify(fn(ctx, a, right(ctx, data)))
+
+        return operator
+
+    def _op_expression(self, node: dict) -> _Run:
+        return self._infix(node["terminalNodeText"][0], node["children"])
+
+    def _union_expression(self, node: dict) -> _Run:
+        return self._infix("|", node["children"])
+
+    def _function_invocation(self, node: dict) -> _Run:
+        """name(args) as fhirpathpy's doInvoke calls it, with its table entry looked up once."""
+        functn = node["children"][0]
+        if functn.get("type") != "Functn":
+            raise _Uncompiled
+        parts = functn["children"]
+        if parts[0].get("type") != "Identifier" or any(p.get("type") != "ParamList" for p in parts[1:]):
+            raise _Uncompiled
+        name = _identifier_text(parts[0])
+        raw_params = parts[1]["children"] if len(parts) > 1 and "children" in parts[1] else None
+        invocation = _KNOWN_FUNCTIONS.get(name)
+        if invocation is None:
+            raise _Uncompiled
+        fn = invocation["fn"]
+        nullable_input = "nullable_input" in invocation
+
+        if "variadic" in invocation:
+            params = [self.param(invocation["variadic"], p) for p in (raw_params or [])]
+
+            def variadic(ctx: dict, data: Any) -> list:
+                if nullable_input and _is_nullable(data):
+                    return []
+                this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+                values = [param(ctx, this) for param in params]
+                return _arraify(fn(ctx, _arraify(data), *values))
+
+            return variadic
+
+        if "arity" not in invocation:
+            if raw_params:
+                raise _Uncompiled  # fhirpathpy raises "expects no params"
+
+            def no_arguments(ctx: dict, data: Any) -> list:
+                if nullable_input and _is_nullable(data):
+                    return []
+                return _arraify(fn(ctx, _arraify(data)))
+
+            return no_arguments
+
+        if getattr(fn, "__name__", None) == "trace_fn" and raw_params is not None:
+            raw_params = raw_params[:1]
+        count = len(raw_params) if isinstance(raw_params, list) else 0
+        if count not in invocation["arity"]:
+            raise _Uncompiled  # fhirpathpy raises "wrong arity"
+        arg_types = invocation["arity"][count]
+        params = [self.param(arg_types[i], raw_params[i]) for i in range(count)]
+        nullable = "nullable" in invocation
+
+        if count == 0 and not nullable:
+
+            def call0(ctx: dict, data: Any) -> list:
+                if nullable_input and _is_nullable(data):
+                    return []
+                res = fn(ctx, data)
+                return res if isinstance(res, list) else _arraify(res)
+
+            return call0
+        if count == 1 and not nullable:
+            (param,) = params
+
+            def call1(ctx: dict, data: Any) -> list:
+                if nullable_input and _is_nullable(data):
+                    return []
+                res = fn(ctx, data, param(ctx, ctx["$this"] if "$this" in ctx else ctx["dataRoot"]))
+                return res if isinstance(res, list) else _arraify(res)
+
+            return call1
+
+        def call(ctx: dict, data: Any) -> list:
+            if nullable_input and _is_nullable(data):
+                return []
+            this = ctx["$this"] if "$this" in ctx else ctx["dataRoot"]
+            values = [param(ctx, this) for param in params]
+            if nullable and (_is_nullable(data) or any(_is_nullable(v) for v in values)):
+                return []
+            return _arraify(fn(ctx, data, *values))
+
+        return call
+
+    def _member_invocation(self, node: dict) -> _Run:
+        """A child element: fhirpathpy's member_invocation with the model lookups done once per input type."""
+        identifier = node["children"][0]
+        if identifier.get("type") != "Identifier":
+            raise _Uncompiled
+        key = _identifier_text(identifier).replace("`", "")
+        capitalized = fp_util.is_capitalized(key)
+        model = self.model
+        has_path_map = isinstance(model, dict) and "path2Type" in model
+        under_key = "_" + key
+        by_path: dict[Any, tuple] = {}
+
+        def mapped(child_path: str) -> str:
+            return model["path2Type"].get(child_path, child_path) if has_path_map else child_path
+
+        def path_info(path: Any) -> tuple:
+            """For inputs of one path: choice fields, child paths and the default full path."""
+            raw_child = f"{path}.{key}" if path else f"_.{key}"
+            child = raw_child
+            choices = None
+            if isinstance(model, dict):
+                child = model["pathsDefinedElsewhere"].get(child, child)
+                actual_types = model["choiceTypePaths"].get(child)
+                if actual_types:
+                    choices = tuple(
+                        (f"{key}{t}", f"_{key}{t}", mapped(child + t)) for t in actual_types
+                    )
+            element_path = mapped("Extension" if key == "extension" else child)
+            info = (choices, element_path, mapped(child), raw_child.replace("_", ""))
+            if len(by_path) < _CHOICE_CACHE_LIMIT:
+                by_path[path] = info
+            return info
+
+        def add(acc: list, value: Any, child_path: str, full_path: str) -> None:
+            """Append the node(s) for a value found under the key (fhirpathpy's create_node)."""
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    acc.append(
+                        item
+                        if isinstance(item, ResourceNode)
+                        else ResourceNode(item, child_path, None, f"{full_path}[{i}]", i)
+                    )
+            elif isinstance(value, ResourceNode):
+                acc.append(value)
+            else:
+                acc.append(ResourceNode(value, child_path, None, full_path, None))
+
+        def member(ctx: dict, data: Any) -> list:
+            if not isinstance(data, list):
+                return []
+            if capitalized:
+                try:
+                    return [ResourceNode.create_node(x, key) for x in data if x["resourceType"] == key]
+                except TypeError:
+                    pass
+            acc: list = []
+            for res in data:
+                if not isinstance(res, ResourceNode):
+                    res = ResourceNode(res, None)
+                path = res.path
+                choices, element_path, child_path, default_full = by_path.get(path) or path_info(path)
+                value = res.data
+                to_add = to_add_ = None
+                if type(value) is dict or isinstance(value, Mapping):
+                    if choices:
+                        for field, field_, choice_path in choices:
+                            to_add = value.get(field)
+                            to_add_ = value.get(field_)
+                            if to_add is not None or to_add_ is not None:
+                                child_path = choice_path
+                                break
+                    else:
+                        to_add = value.get(key)
+                        to_add_ = value.get(under_key)
+                        child_path = element_path
+                else:  # FP_Quantity is not a Mapping
+                    if isinstance(value, FP_Quantity):
+                        to_add = value.value
+                    if key == "length":
+                        to_add = len(value)
+                if to_add is None and to_add_ is None:
+                    continue
+                prop_name = res.propName
+                full_path = f"{prop_name}.{key}".replace("_", "") if prop_name else default_full
+                if _is_some(to_add):
+                    add(acc, to_add, child_path, full_path)
+                if _is_some(to_add_):
+                    add(acc, to_add_, child_path, full_path)
+            return acc
+
+        return member
+
+    _BUILDERS: dict[str, Callable[[_Compiler, dict], _Run]] = {
+        "TermExpression": _pass_through,
+        "InvocationTerm": _pass_through,
+        "ParenthesizedTerm": _pass_through,
+        "LiteralTerm": _literal_term,
+        "NumberLiteral": _constant,
+        "StringLiteral": _constant,
+        "BooleanLiteral": _constant,
+        "NullLiteral": _null_literal,
+        "QuantityLiteral": _quantity_literal,
+        "DateTimeLiteral": _date_time_literal,
+        "TimeLiteral": _time_literal,
+        "ThisInvocation": _this,
+        "IndexInvocation": _index,
+        "TotalInvocation": _total,
+        "ExternalConstantTerm": _external_constant,
+        "InvocationExpression": _invocation_expression,
+        "PolarityExpression": _polarity,
+        "IndexerExpression": _indexer,
+        "MemberInvocation": _member_invocation,
+        "FunctionInvocation": _function_invocation,
+        "UnionExpression": _union_expression,
+        "InequalityExpression": _op_expression,
+        "AdditiveExpression": _op_expression,
+        "MultiplicativeExpression": _op_expression,
+        "EqualityExpression": _op_expression,
+        "OrExpression": _op_expression,
+        "XorExpression": _op_expression,
+        "AndExpression": _op_expression,
+        "ImpliesExpression": _op_expression,
+        "MembershipExpression": _aliased_operator({"contains": "containsOp", "in": "inOp"}),
+        "TypeExpression": _aliased_operator({"is": "isOp", "as": "asOp"}),
+    }
+
+
+# operator -> (fhirpathpy function it must still be, left value deciding alone, result then)
+_SHORT_CIRCUIT = {
+    "and": (fp_logic.and_op, False, False),
+    "or": (fp_logic.or_op, True, True),
+    "implies": (fp_logic.implies_op, False, True),
+}
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -696,42 +1248,97 @@ def _is_extension_only(item: Any) -> bool:
     return isinstance(data, dict) and len(data) == 1 and "extension" in data
 
 
+_ABSENT = object()
+_DEFAULT_VARIABLES = ("context", "ucum")
+
+
+class _Variables(Mapping):
+    """The %variables of one evaluation, read from the caller's mapping only when reached.
+
+    ``env`` is consulted with ``name in env`` and then ``env[name]`` when the expression
+    evaluates ``%name`` (every time it does), so a mapping computing its values on demand
+    computes only the variables actually read.  ``%context`` (the focus) and ``%ucum``
+    are supplied unless ``env`` has them.  List values are copied on each read, because
+    some fhirpathpy operations (unary minus) modify their input in place.
+    """
+
+    __slots__ = ("_env", "_focus")
+
+    def __init__(self, env: Mapping[str, Any], focus: Any) -> None:
+        self._env = env
+        self._focus = focus
+
+    def _get(self, name: str) -> Any:
+        env = self._env
+        if name in env:
+            value = env[name]
+        elif name == "context":
+            value = self._focus
+        elif name == "ucum":
+            value = UCUM
+        else:
+            return _ABSENT
+        return list(value) if isinstance(value, list) else value
+
+    def value(self, name: str) -> Any:
+        """The value of %name; ValueError naming it when it is not defined."""
+        value = self._get(name)
+        if value is _ABSENT:
+            raise ValueError(f"Attempting to access an undefined environment variable: {name}")
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._get(name)
+        if value is _ABSENT:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._env or name in _DEFAULT_VARIABLES
+
+    def __iter__(self):
+        yield from self._env
+        yield from (name for name in _DEFAULT_VARIABLES if name not in self._env)
+
+    def __len__(self) -> int:
+        return len(self._env) + sum(1 for name in _DEFAULT_VARIABLES if name not in self._env)
+
+
 class _CompiledFhirPathPy:
-    """A parsed expression evaluated by fhirpathpy's interpreter with a prebuilt function table."""
+    """A parsed expression turned into closures over fhirpathpy's functions (see _Compiler)."""
 
-    __slots__ = ("source", "variables", "_root", "_model")
+    __slots__ = ("source", "variables", "_run", "_model")
 
-    def __init__(self, source: str, variables: frozenset[str], root: dict, model: dict) -> None:
+    def __init__(self, source: str, variables: frozenset[str], run: _Run, model: dict) -> None:
         self.source = source
         self.variables = variables
-        self._root = root
+        self._run = run
         self._model = model
 
     def __repr__(self) -> str:
         return f"CompiledExpression({self.source!r})"
 
     def __call__(self, env: Mapping[str, Any], ctx: EvaluationContext, focus: Any = None) -> list:
-        """Evaluate with ``focus`` as input collection and ``env`` as %variables; return the raw results."""
+        """Evaluate with ``focus`` as input collection and ``env`` as %variables; return the raw results.
+
+        ``env`` is only read for the variables the evaluation reaches (see _Variables).
+        """
         if focus is None:
             data_root: list = []
         elif isinstance(focus, list):
             data_root = focus
         else:
             data_root = [focus]
-        variables: dict[str, Any] = {"context": focus, "ucum": UCUM}
-        for name, value in env.items():
-            # copy lists: some fhirpathpy operations (unary minus) modify their input in place
-            variables[name] = list(value) if isinstance(value, list) else value
         state = {
             "dataRoot": data_root,
-            "vars": variables,
+            "vars": _Variables(env, focus),
             "model": self._model,
             "userInvocationTable": _FUNCTIONS,
         }
         TypeInfo.model = self._model  # global in fhirpathpy; ofType() needs it (is/as set it too)
         token = _CURRENT.set(ctx)
         try:
-            result = do_eval(state, data_root, self._root)
+            result = self._run(state, data_root)
         except FhirPathEvaluationError:
             raise
         except Exception as exc:
@@ -815,7 +1422,8 @@ class FhirPathPyEvaluator:
         if not root.get("children"):
             raise FhirPathSyntaxError(f"empty expression {expression!r}")
         variables = _inspect(root, expression)
-        return _CompiledFhirPathPy(expression, variables, root["children"][0], self._model)
+        run = _Compiler(self._model).run(root["children"][0])
+        return _CompiledFhirPathPy(expression, variables, run, self._model)
 
     def node(self, resource: dict) -> Any:
         """Wrap a resource dict as a typed fhirpathpy node (its type comes from resourceType)."""

@@ -1,10 +1,11 @@
 """Tests of protocol/fhirpath.py, the FHIRPath interface used by the engine.
 
-Besides the interface itself (compilation, variables, context functions, raw results,
-JSON conversion, thread safety), the date/time semantics are compared with HL7's
-reference implementation, fhirpath.js (R4 model), run once through Node for a whole
-table of expressions.  That comparison is skipped when ``node`` or the fhir-check tool
-(``FHIR_CHECK_DIR``, default ``/work/fhir-check``) is not available.
+Besides the interface itself (compilation, lazily read variables, short-circuit logic,
+context functions, raw results, JSON conversion, thread safety), the date/time semantics
+and the three-valued logic are compared with HL7's reference implementation, fhirpath.js
+(R4 model), run once through Node for a whole table of expressions.  That comparison is
+skipped when ``node`` or the fhir-check tool (``FHIR_CHECK_DIR``, default
+``/work/fhir-check``) is not available.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -194,12 +196,231 @@ def test_variable_lists_are_not_modified(evaluator):
     values = [5]
     assert evaluator.compile("-%n")({"n": values}, make_ctx()) == [-5]
     assert values == [5]
+    # each read gets its own copy, so negating one read does not change the next
+    assert evaluator.compile("-%n + %n")({"n": values}, make_ctx()) == [0]
 
 
 def test_empty_and_none_variables_give_empty():
     assert run("%v.exists()", {"v": None}) == [False]
     assert run("%v.exists()", {"v": []}) == [False]
     assert run("%v = 1", {"v": []}) == []
+
+
+# ---------------------------------------------------------------- lazy variables, short-circuit logic
+
+
+class RecordingEnv(Mapping):
+    """An env that records every value read and fails on the names that must not be read."""
+
+    def __init__(self, values: dict, forbidden: tuple[str, ...] = ()) -> None:
+        self.values = values
+        self.forbidden = set(forbidden)
+        self.read: list[str] = []
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.values
+
+    def __getitem__(self, name: str):
+        if name in self.forbidden:
+            raise AssertionError(f"%{name} was read")
+        self.read.append(name)
+        return self.values[name]
+
+    def __iter__(self):
+        raise AssertionError("the env was iterated (every variable forced)")
+
+    def __len__(self) -> int:
+        raise AssertionError("the env was sized")
+
+
+def test_only_the_variables_reached_are_read(evaluator):
+    env = RecordingEnv({"a": [1], "b": [2], "c": [True], "unused": [3]}, forbidden=("b", "unused"))
+    assert evaluator.compile("iif(%c, %a, %b) + %a")(env, make_ctx()) == [2]
+    assert env.read == ["c", "a", "a"]
+    env = RecordingEnv({"items": [], "expensive": [1]}, forbidden=("expensive",))
+    assert evaluator.compile("%items.where($this = %expensive)")(env, make_ctx()) == []
+
+
+def test_variable_computed_on_first_read(evaluator):
+    class OnDemand(Mapping):
+        def __init__(self) -> None:
+            self.computed: list[str] = []
+            self.cache: dict[str, list] = {}
+
+        def __contains__(self, name: object) -> bool:
+            return name in ("cheap", "costly")
+
+        def __getitem__(self, name: str) -> list:
+            if name not in self.cache:
+                self.computed.append(name)
+                self.cache[name] = [name == "cheap"]
+            return self.cache[name]
+
+        def __iter__(self):
+            return iter(("cheap", "costly"))
+
+        def __len__(self) -> int:
+            return 2
+
+    env = OnDemand()
+    compiled = evaluator.compile("%cheap or %costly")
+    assert compiled(env, make_ctx()) == [True]
+    assert compiled(env, make_ctx()) == [True]
+    assert env.computed == ["cheap"]
+
+
+def test_undefined_variable_in_a_lazy_env_names_the_variable(evaluator):
+    env = RecordingEnv({"a": [1]})
+    with pytest.raises(FhirPathEvaluationError, match="undefined environment variable: missing"):
+        evaluator.compile("%a + %missing")(env, make_ctx())
+    assert env.read == ["a"]
+
+
+def test_errors_computing_a_variable_surface_as_evaluation_errors(evaluator):
+    class Failing(RecordingEnv):
+        def __getitem__(self, name: str):
+            raise FhirPathEvaluationError(f"%{name} failed")
+
+    with pytest.raises(FhirPathEvaluationError, match="%x failed"):
+        evaluator.compile("true and %x")(Failing({"x": []}), make_ctx())
+
+
+def test_context_and_ucum_defaults_can_be_overridden(evaluator):
+    ctx = make_ctx()
+    assert evaluator.compile("%ucum")({}, ctx) == [UCUM]
+    assert evaluator.compile("%ucum")({"ucum": "other"}, ctx) == ["other"]
+    assert run("%context.id", focus=PATIENT) == ["p1"]
+    assert run("%context.id", {"context": [MEDICATION]}, focus=PATIENT) == ["m1"]
+    assert evaluator.compile("%context")(RecordingEnv({}), ctx) == []
+
+
+@pytest.mark.parametrize(
+    "expression, expected, reads",
+    [
+        ("false and %x", [False], []),
+        ("true or %x", [True], []),
+        ("false implies %x", [True], []),
+        ("true and %x", [True], ["x"]),
+        ("false or %x", [True], ["x"]),
+        ("true implies %x", [True], ["x"]),
+        ("{} and %x", [], ["x"]),
+        ("{} or %x", [True], ["x"]),
+        ("{} implies %x", [True], ["x"]),
+        ("false xor %x", [True], ["x"]),
+        ("true xor %x", [False], ["x"]),
+        ("%x and false", [False], ["x"]),
+        ("%x or %x", [True], ["x"]),
+        ("%f and %x", [False], ["f"]),
+        ("(false and %x) | (true or %x) | (false implies %x)", [False, True], []),
+        ("(1 | 2).where($this > 1 and %x).count()", [1], ["x"]),
+        ("(1 | 2).where($this > 5 and %x).count()", [0], []),
+    ],
+)
+def test_and_or_implies_skip_the_right_operand_when_the_left_decides(evaluator, expression, expected, reads):
+    env = RecordingEnv({"x": [True], "f": [False]})
+    assert evaluator.compile(expression)(env, make_ctx()) == expected
+    assert env.read == reads
+
+
+def test_skipped_operand_may_be_undefined(evaluator):
+    ctx = make_ctx()
+    assert evaluator.compile("false and %undefined")({}, ctx) == [False]
+    assert evaluator.compile("true or %undefined.where(x = 1).exists()")({}, ctx) == [True]
+    with pytest.raises(FhirPathEvaluationError, match="undefined"):
+        evaluator.compile("true and %undefined")({}, ctx)
+
+
+def test_operands_are_evaluated_on_the_operators_input(evaluator):
+    # each operand sees the same $this / input as fhirpathpy gives infix operands
+    assert run("Patient.gender = 'female' and birthDate < @2010", focus=PATIENT) == [True]
+    assert run("Patient.gender = 'male' or (birthDate.exists() implies id = 'p1')", focus=PATIENT) == [True]
+    assert run("(1 | 2 | 3).where($this = 1 or $this = 3)") == [1, 3]
+    assert run("(1 | 2 | 3).where(($this > 1 and $this < 3) xor false)") == [2]
+    assert run("(1 | 2 | 3).select($this > 1 implies $this > 2)") == [True, False, True]
+    # the left operand's own navigation does not leak into the right one
+    assert run("code.coding.where(code = 'x').exists() or id = 'c1'", focus=CONDITION) == [True]
+
+
+def test_non_boolean_operands_keep_fhirpathpys_checks():
+    with pytest.raises(FhirPathEvaluationError, match="Expected boolean"):
+        run("true and 'a'")
+    with pytest.raises(FhirPathEvaluationError, match="Unexpected collection"):
+        run("(true | false) or false")
+    assert run("Patient.active and true", focus={**PATIENT, "active": True}) == [True]
+
+
+TRUTH_VALUES = {"true": [True], "false": [False], "{}": []}
+# FHIRPath 2.0.0, section 6.5 (Boolean logic): the result for each (left, right) operand.
+LOGIC_TABLE = {
+    "and": {
+        ("true", "true"): [True], ("true", "false"): [False], ("true", "{}"): [],
+        ("false", "true"): [False], ("false", "false"): [False], ("false", "{}"): [False],
+        ("{}", "true"): [], ("{}", "false"): [False], ("{}", "{}"): [],
+    },
+    "or": {
+        ("true", "true"): [True], ("true", "false"): [True], ("true", "{}"): [True],
+        ("false", "true"): [True], ("false", "false"): [False], ("false", "{}"): [],
+        ("{}", "true"): [True], ("{}", "false"): [], ("{}", "{}"): [],
+    },
+    "xor": {
+        ("true", "true"): [False], ("true", "false"): [True], ("true", "{}"): [],
+        ("false", "true"): [True], ("false", "false"): [False], ("false", "{}"): [],
+        ("{}", "true"): [], ("{}", "false"): [], ("{}", "{}"): [],
+    },
+    "implies": {
+        ("true", "true"): [True], ("true", "false"): [False], ("true", "{}"): [],
+        ("false", "true"): [True], ("false", "false"): [True], ("false", "{}"): [True],
+        ("{}", "true"): [True], ("{}", "false"): [], ("{}", "{}"): [],
+    },
+}
+LOGIC_CASES = [
+    (f"{left} {op} {right}", expected) for op, table in LOGIC_TABLE.items() for (left, right), expected in table.items()
+]
+
+
+@pytest.mark.parametrize("expression, expected", LOGIC_CASES)
+def test_three_valued_logic_follows_the_specification(expression, expected):
+    assert run(expression) == expected
+    # the same through variables (each operand read from the env)
+    left, op, right = expression.split(" ")
+    assert run(f"%l {op} %r", {"l": TRUTH_VALUES[left], "r": TRUTH_VALUES[right]}) == expected
+
+
+# ---------------------------------------------------------------- identifiers
+
+
+def test_quoted_identifiers():
+    assert run("%`quoted-name` + 1", {"quoted-name": 1}) == [2]
+    assert run("%'quoted name'.exists()", {"quoted name": [1]}) == [True]
+    assert run("Patient.`gender`", focus=PATIENT) == ["female"]
+    assert run("`Patient`.`birthDate` <= today() - 18 years", focus=PATIENT) == [True]
+    assert run("Condition.code.coding.where(`system` = 'http://snomed.info/sct').`code`", focus=CONDITION) == [
+        "45326000",
+        "279039007",
+    ]
+    assert run("Observation.`value`.ofType(Quantity).`value`", focus=OBSERVATION) == [7.5]
+    assert default_evaluator().compile("%`quoted-name`.where(`use` = 'x')").variables == {"quoted-name"}
+
+
+def test_every_node_kind_runs_compiled(evaluator, monkeypatch):
+    """No part of these expressions falls back to fhirpathpy's tree interpreter."""
+
+    def interpreter(*args):
+        raise AssertionError("evaluated by fhirpathpy's interpreter")
+
+    expressions = [
+        "Condition.code.coding.where(system = %sct and code in ('45326000' | '1')).code.first()",
+        "(-%n + 2 * 3 div 2 mod 5 - 1.5) / 2 > 0 xor %n >= 1 implies %n != 2 and not().empty()",
+        "iif(%n ~ 5, 'a' & 'b', {}) | @2026-11-23T10:00:00Z + 48 hours | @T10:30 | 5 'mg'",
+        "(%l)[0] is Integer or %l.first() as Integer = 1 or (%l contains 1) or $this.exists()",
+        "(1 | 2).aggregate($total + $this + $index, 0) + %l.count() + coalesce({}, 1)",
+        "onset.ofType(dateTime).toString().substring(0, 4).toInteger() = 2026",
+    ]
+    compiled = [evaluator.compile(e) for e in expressions]
+    monkeypatch.setattr(fp, "do_eval", interpreter)
+    env = {"n": 5, "sct": SNOMED, "l": [1, 2]}
+    for expression in compiled:
+        expression(env, make_ctx(), evaluator.node(CONDITION))
 
 
 # ---------------------------------------------------------------- clock
@@ -675,6 +896,16 @@ CROSS_RESOURCE = [
     "@2026-11-23T10:00:00Z + entry.resource.ofType(Observation).component.value.ofType(Quantity).where(code = 'h')",
 ]
 
+# Three-valued logic (the whole table) and operands evaluated on the operator's input.
+CROSS_LOGIC = [expression for expression, _ in LOGIC_CASES] + [
+    "(1 | 2 | 3).where($this > 1 and $this < 3)",
+    "(1 | 2 | 3).where($this = 1 or $this.toString() = '3')",
+    "(1 | 2 | 3).select($this > 1 implies $this > 2)",
+    "(1 | 2 | 3).where(($this > 1) xor ($this > 2))",
+    "{} and {}.exists()",
+    "({} or false).empty()",
+]
+
 # Where fhirpath.js departs from the specification, our value is the specification's.
 SPEC_DEVIATIONS = {
     "@2026-11-23 < @2026-11-23T23:00:00-05:00": (
@@ -739,7 +970,7 @@ def reference_results(tmp_path_factory):
         pytest.skip("fhir-check tool not found (set FHIR_CHECK_DIR): fhirpath.js cross-check not run")
     helper = tmp_path_factory.mktemp("fhirpathjs") / "evaluate.mjs"
     helper.write_text(NODE_HELPER)
-    cases = [{"expression": e} for e in CROSS_DATETIME]
+    cases = [{"expression": e} for e in CROSS_DATETIME + CROSS_LOGIC]
     cases += [{"expression": e, "resource": BUNDLE} for e in CROSS_RESOURCE]
     completed = subprocess.run(
         [node, str(helper), str(tool)],
@@ -755,7 +986,7 @@ def reference_results(tmp_path_factory):
     return {case["expression"]: answer for case, answer in zip(cases, answers, strict=True)}
 
 
-@pytest.mark.parametrize("expression", CROSS_DATETIME + CROSS_RESOURCE)
+@pytest.mark.parametrize("expression", CROSS_DATETIME + CROSS_LOGIC + CROSS_RESOURCE)
 def test_matches_fhirpath_js(evaluator, reference_results, expression):
     resource = BUNDLE if expression in CROSS_RESOURCE else None
     ours = _ours(evaluator, expression, resource)
