@@ -48,7 +48,7 @@ from fhirpathpy.engine import param_check_table as fp_param_check_table
 from fhirpathpy.engine import util as fp_util
 from fhirpathpy.engine.evaluators import evaluators as fp_evaluators
 from fhirpathpy.engine.invocations import equality as fp_equality
-from fhirpathpy.engine.invocations import existence as fp_existence
+from fhirpathpy.engine.invocations import filtering as fp_filtering
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.invocations import logic as fp_logic
 from fhirpathpy.engine.invocations import math as fp_math
@@ -200,6 +200,27 @@ class _DateTime(NamedTuple):
 
 
 @lru_cache(maxsize=4096)
+def _datetime_template(text: str) -> FP_DateTime | None:
+    """fhirpathpy's date/time object for a text, parsed once and never handed out (see _new_datetime)."""
+    return FP_DateTime(text)
+
+
+def _new_datetime(text: str) -> FP_DateTime | None:
+    """A new FP_DateTime for the text, equal to ``FP_DateTime(text)`` without parsing it again.
+
+    Constructing one costs about 15 microseconds (two uncompiled regular expressions and a
+    walk over the groups); a copy of a cached template has the same attributes.
+    """
+    template = _datetime_template(text)
+    if template is None:
+        return None
+    value = object.__new__(FP_DateTime)
+    value.__dict__.update(template.__dict__)
+    value._dateTimeAsList = list(template._dateTimeAsList)
+    return value
+
+
+@lru_cache(maxsize=4096)
 def _parse_datetime(text: str) -> _DateTime | None:
     """Parse a FHIRPath/FHIR date or dateTime text, or return None if it is not one."""
     match = _DATETIME_RE.match(text)
@@ -280,10 +301,32 @@ def _comparison(original: Callable, test: Callable[[int], bool]) -> Callable:
     return operator
 
 
+# Paths of string nodes that fhirpathpy's = does not compare as plain text (date/times are
+# compared as instants above; a "Quantity" node is read as a quantity).
+_NOT_PLAIN_TEXT_PATHS = _TEMPORAL_TYPES | {"Quantity", "System.Quantity"}
+
+
+def _plain_text(item: Any) -> str | None:
+    """The text of a string item that fhirpathpy's = compares as a Python string, else None."""
+    if type(item) is str:
+        return item
+    if isinstance(item, ResourceNode) and type(item.data) is str and item.path not in _NOT_PLAIN_TEXT_PATHS:
+        return item.data
+    return None
+
+
 def _equality(original: Callable, negate: bool) -> Callable:
-    """= / != : date/times by the rules above, anything else by fhirpathpy."""
+    """= / != : date/times by the rules above, anything else by fhirpathpy.
+
+    Two single strings (``code = 'active'``, the most common comparison) are compared
+    directly, which is what fhirpathpy's equality amounts to for them.
+    """
 
     def operator(ctx: dict, a: list, b: list) -> Any:
+        if len(a) == 1 and len(b) == 1:
+            x, y = _plain_text(a[0]), _plain_text(b[0])
+            if x is not None and y is not None:
+                return [(x == y) != negate]
         operands = _datetime_operands(a, b)
         if operands is None:
             return original(ctx, a, b)
@@ -388,7 +431,7 @@ def _add_to_datetime(value: _DateTime, quantity: FP_Quantity, sign: int) -> FP_D
             text += "." + f"{result.microsecond:06d}"[:digits]
     if value.zone is not None:
         text += value.zone
-    return FP_DateTime(text)
+    return _new_datetime(text)
 
 
 def _arithmetic(original: Callable, sign: int) -> Callable:
@@ -407,21 +450,103 @@ def _arithmetic(original: Callable, sign: int) -> Callable:
     return operator
 
 
+_JSON_KEYS = "protocol.fhirpath:json-keys"  # state entry: id(data) -> (data, JSON text), per evaluation
+
+
 def _distinct(ctx: dict, items: list) -> list:
     """distinct(), union(), `|`: first occurrence of each value, keeping the original nodes.
 
     fhirpathpy rebuilds de-duplicated nodes without their path, so elements lose their
     FHIR type and a following ofType()/is fails (AttributeError on `None.is_`).
+
+    Values are told apart by their JSON text.  Within one evaluation the text of a given
+    data object is computed once (chained unions such as ``%a | %b | %c`` see the same
+    resources again); the data of a resource does not change while an expression runs.
     """
-    if not items or not all(isinstance(item, ResourceNode) for item in items):
-        return fp_existence.distinct_fn(ctx, items)
+    if not items:
+        return []
+    if not all(isinstance(item, ResourceNode) for item in items):
+        return _distinct_values(items)
+    keys = ctx.get(_JSON_KEYS)
+    if keys is None:
+        keys = ctx[_JSON_KEYS] = {}
     seen: set[str] = set()
     out = []
     for item in items:
-        key = json.dumps(item.data, sort_keys=True, default=str)
+        data = item.data
+        known = keys.get(id(data))
+        if known is not None and known[0] is data:
+            key = known[1]
+        else:
+            key = json.dumps(data, sort_keys=True, default=str)
+            keys[id(data)] = (data, key)  # holds data, so its id is not reused meanwhile
         if key not in seen:
             seen.add(key)
             out.append(item)
+    return out
+
+
+_MILLISECONDS_OR_MONTHS = {
+    **dict.fromkeys(("weeks", "'wk'", "week"), Decimal("604800000")),
+    **dict.fromkeys(("days", "'d'", "day"), Decimal("86400000")),
+    **dict.fromkeys(("hours", "'h'", "hour"), Decimal("3600000")),
+    **dict.fromkeys(("minutes", "'min'", "minute"), Decimal("60000")),
+    **dict.fromkeys(("seconds", "'s'", "second"), Decimal("1000")),
+    **dict.fromkeys(("milliseconds", "'ms'", "millisecond"), Decimal("1")),
+    **dict.fromkeys(("years", "'a'", "year"), Decimal("12")),
+    **dict.fromkeys(("months", "'mo'", "month"), Decimal("1")),
+}
+
+
+def _distinct_values(x: list) -> list:
+    """fhirpathpy's distinct_fn for collections that are not all nodes, its unit table built once."""
+    if all(isinstance(v, FP_Quantity) for v in x):
+        converted_values: dict = {}
+        original_values: dict = {}
+        for interval in x:
+            unit = interval.unit
+            if unit in _MILLISECONDS_OR_MONTHS:
+                converted_value = interval.value * _MILLISECONDS_OR_MONTHS[unit]
+                if converted_value not in converted_values:
+                    converted_values[converted_value] = interval.value
+                    original_values[converted_value] = interval
+        if len(converted_values) == 1:
+            return [list(original_values.values())[0]]
+        return [original_values[val] for val in fp_util.uniq(converted_values.values())]
+    return fp_util.uniq(x)
+
+
+_TYPE_TESTS_LIMIT = 4096
+_type_tests: dict[int, tuple[dict, dict]] = {}  # id(model) -> (model, {(path, name, namespace): bool})
+
+
+def _of_type(ctx: dict, coll: list, tp: TypeInfo) -> list:
+    """ofType(type): fhirpathpy's test, remembered per node path and type.
+
+    fhirpathpy derives a node's type from its path with a regular expression and walks the
+    model's type hierarchy for every item; with a model loaded the answer depends only on
+    the path, the requested type and the model, so it is computed once for each.
+    """
+    model = TypeInfo.model
+    if not model:
+        return fp_filtering.of_type_fn(ctx, coll, tp)
+    entry = _type_tests.get(id(model))
+    if entry is None or entry[0] is not model:
+        entry = _type_tests[id(model)] = (model, {})
+    tests = entry[1]
+    out = []
+    for value in coll:
+        if isinstance(value, ResourceNode) and value.path is not None:
+            key = (value.path, tp.name, tp.namespace)
+            matches = tests.get(key)
+            if matches is None:
+                matches = TypeInfo.from_value(value).is_(tp)
+                if len(tests) < _TYPE_TESTS_LIMIT:
+                    tests[key] = matches
+        else:
+            matches = TypeInfo.from_value(value).is_(tp)
+        if matches:
+            out.append(value)
     return out
 
 
@@ -535,6 +660,7 @@ def _corrected_operators() -> dict[str, dict]:
         "|": {**reg["|"], "fn": lambda ctx, a, b: _distinct(ctx, a + b)},
         "union": {**reg["union"], "fn": lambda ctx, a, b: _distinct(ctx, a + b)},
         "distinct": {**reg["distinct"], "fn": _distinct},
+        "ofType": {**reg["ofType"], "fn": _of_type},
         "where": {**reg["where"], "fn": _where},
         "select": {**reg["select"], "fn": _select},
         "exists": {**reg["exists"], "fn": _exists},
@@ -561,12 +687,12 @@ class _ResourceNode(ResourceNode):
 
 def _fn_now(ctx: dict, inputs: list) -> FP_DateTime:
     """now(): the request clock, millisecond precision, with its UTC offset."""
-    return FP_DateTime(_context().now.isoformat(timespec="milliseconds"))
+    return _new_datetime(_context().now.isoformat(timespec="milliseconds"))
 
 
 def _fn_today(ctx: dict, inputs: list) -> FP_DateTime:
     """today(): the request clock's date in the clock's own timezone."""
-    return FP_DateTime(_context().now.date().isoformat())
+    return _new_datetime(_context().now.date().isoformat())
 
 
 def _fn_time_of_day(ctx: dict, inputs: list) -> FP_Time:
@@ -900,7 +1026,7 @@ class _Compiler:
 
     def _date_time_literal(self, node: dict) -> _Run:
         text = node["text"][1:]
-        return lambda ctx, data: [FP_DateTime(text)]
+        return lambda ctx, data: [_new_datetime(text)]
 
     def _time_literal(self, node: dict) -> _Run:
         text = node["text"][2:]

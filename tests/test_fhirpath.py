@@ -423,6 +423,16 @@ def test_every_node_kind_runs_compiled(evaluator, monkeypatch):
         expression(env, make_ctx(), evaluator.node(CONDITION))
 
 
+def test_date_times_built_from_the_cache_are_independent():
+    a = fp._new_datetime("2026-11-23T10:00:00Z")
+    b = fp._new_datetime("2026-11-23T10:00:00Z")
+    fresh = fp.FP_DateTime("2026-11-23T10:00:00Z")
+    assert a is not b and a._dateTimeAsList is not b._dateTimeAsList
+    for attribute in ("asStr", "_dateTimeMatchStr", "_dateTimeAsList", "_precision"):
+        assert getattr(a, attribute) == getattr(fresh, attribute)
+    assert fp._new_datetime("not a date") is None
+
+
 # ---------------------------------------------------------------- clock
 
 
