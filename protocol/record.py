@@ -50,7 +50,7 @@ class Record:
             self._by_ref[key] = resource
         if full_url:
             self._by_ref.setdefault(full_url, resource)
-        if resource.get("contained"):
+        if isinstance(resource.get("contained"), list):
             _index_local_references(resource, resource, self._container)
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class Record:
             container = self._container.get(id(reference))
             if container is None:
                 return None
-            return next((c for c in container.get("contained") or [] if c.get("id") == ref[1:]), None)
+            return next((c for c in container.get("contained") or [] if isinstance(c, Mapping) and c.get("id") == ref[1:]), None)
         return self.get(ref)
 
     def patient(self, subject: str | None = None) -> Mapping[str, Any] | None:
@@ -173,7 +173,8 @@ def _flatten(items: Iterable[Any], full_url: str | None = None) -> Iterable[tupl
             yield from _flatten(item)
         elif isinstance(item, Mapping):
             if item.get("resourceType") == "Bundle":
-                for entry in item.get("entry") or []:
+                entries = item.get("entry")
+                for entry in entries if isinstance(entries, list) else []:
                     if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
                         yield from _flatten([entry["resource"]], entry.get("fullUrl"))
             elif "resourceType" in item:
@@ -255,7 +256,8 @@ def _index_local_references(value: Any, container: Mapping[str, Any], index: dic
         for key, item in value.items():
             if key != "contained":
                 _index_local_references(item, container, index)
-        for inner in value.get("contained") or [] if value is container else []:
+        contained = value.get("contained") if value is container else None
+        for inner in contained if isinstance(contained, list) else []:
             _index_local_references(inner, container, index)
     elif isinstance(value, list):
         for item in value:

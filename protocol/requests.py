@@ -35,7 +35,7 @@ class ApplyCall:
 
 def bundle_resources(bundle: Any) -> list[dict[str, Any]]:
     """The resources of a Bundle (entries without a resource are skipped)."""
-    if not isinstance(bundle, Mapping):
+    if not isinstance(bundle, Mapping) or not isinstance(bundle.get("entry", []), list):
         return []
     return [e["resource"] for e in bundle.get("entry") or [] if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)]
 
@@ -48,8 +48,8 @@ def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any
     """The draft orders a hook asks about: the selections on order-select, every draft on order-sign."""
     drafts = bundle_resources(context.get("draftOrders"))
     if hook == "order-select":
-        selections = set(context.get("selections") or [])
-        return [d for d in drafts if _reference(d) in selections or d.get("id") in selections]
+        selections = {s for s in context.get("selections") or [] if isinstance(s, str)}
+        return [d for d in drafts if _reference(d) in selections or (isinstance(d.get("id"), str) and d["id"] in selections)]
     return drafts
 
 

@@ -19,7 +19,8 @@ def codings_of(value: Any) -> list[Mapping[str, Any]]:
     if not isinstance(value, Mapping):
         return []
     if "coding" in value:
-        return [c for c in value.get("coding") or [] if isinstance(c, Mapping)]
+        codings = value.get("coding")
+        return [c for c in codings if isinstance(c, Mapping)] if isinstance(codings, list) else []
     if "code" in value and "system" in value:
         return [value]
     return []
@@ -27,7 +28,7 @@ def codings_of(value: Any) -> list[Mapping[str, Any]]:
 
 def codes_of(value: Any) -> set[Code]:
     """(system, code) pairs of a Coding or CodeableConcept, for set lookups."""
-    return {(c["system"], c["code"]) for c in codings_of(value) if c.get("system") and c.get("code")}
+    return {(c["system"], c["code"]) for c in codings_of(value) if isinstance(c.get("system"), str) and isinstance(c.get("code"), str)}
 
 
 class Terminology:

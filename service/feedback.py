@@ -7,6 +7,7 @@ shown. Nothing about the patient is stored: no ids, no names, no clinical data, 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,8 @@ from typing import Any
 
 from service.cards import IssuedCard
 from service.errors import BadRequest
+
+log = logging.getLogger("back_spasm_cds.feedback")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS issued_card (
@@ -132,7 +135,6 @@ class FeedbackStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -140,6 +142,7 @@ class FeedbackStore:
             db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=True)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
             self._local.db = db
         return db
 
@@ -156,6 +159,15 @@ class FeedbackStore:
                            [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, c.summary, issued_at) for c in cards])
             db.executemany("INSERT OR IGNORE INTO issued_suggestion VALUES (?, ?, ?)",
                            [(s_uuid, c.uuid, label) for c in cards for s_uuid, label in c.suggestions])
+
+    def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> bool:
+        """record_cards, but a database failure is logged, not raised: the clinician still gets the cards."""
+        try:
+            self.record_cards(service_id, hook, hook_instance, cards)
+        except sqlite3.Error as exc:
+            log.error("issued cards not recorded", extra={"fields": {"event": "database-error", "error": type(exc).__name__}})
+            return False
+        return True
 
     def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
         """Store feedback items; the same item sent twice is kept once. Returns how many were new."""
@@ -196,9 +208,11 @@ class FeedbackStore:
             db.row_factory = None
 
     def ready(self) -> bool:
-        """The database answers."""
+        """The database answers and holds its tables."""
         try:
-            self._connection().execute("SELECT 1").fetchone()
+            db = self._connection()
+            for table in ("issued_card", "issued_suggestion", "feedback"):
+                db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
         except sqlite3.Error:
             return False
         return True

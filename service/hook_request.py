@@ -51,7 +51,7 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
     else:
         for name, kind in HOOK_CONTEXT.get(hook, {}).items():
             value = context.get(name)
-            if value is None:
+            if value is None or value == "":
                 problems.append(f"context.{name} is required for {hook}")
             elif not isinstance(value, kind):
                 problems.append(f"context.{name} must be {'a string' if kind is str else 'an array' if kind is list else 'an object'}")

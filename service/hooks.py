@@ -9,7 +9,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol.requests import bundle_resources, calls_for_hook, run_calls
 from service.cards import CardBuilder, response
-from service.errors import NotFound
+from protocol.engine import ApplyError
+from service.errors import BadRequest, NotFound
 from service.feedback import parse_feedback
 from service.hook_request import check_hook_request, normalise_request, parse_body
 from service.prefetch import gather
@@ -68,8 +69,11 @@ def call_service(service_id: str) -> Response:
     data, report = gather(service.prefetch, _fhir_server(body), state.settings, started, state.http, drafts)
     g.prefetch = report
     fetched = time.monotonic()
-    calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data)
-    results = run_calls(state.engine, calls, state.clock())
+    try:
+        calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data)
+        results = run_calls(state.engine, calls, state.clock())
+    except ApplyError as exc:
+        raise BadRequest(f"the request cannot be applied: {exc}") from None
     applied = time.monotonic()
     builder = CardBuilder(state.engine.content, state.page_url)
     cards, issued = [], []
@@ -77,7 +81,7 @@ def call_service(service_id: str) -> Response:
         more, records = builder.cards(result)
         cards.extend(more)
         issued.extend(records)
-    state.store.record_cards(service.id, service.hook, body["hookInstance"], issued)
+    state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], issued)
     g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
                  "cards_ms": (time.monotonic() - applied) * 1000}
     g.cards = len(cards)

@@ -117,9 +117,11 @@ def failed(value: Any) -> bool:
     if value.get("resourceType") == "OperationOutcome":
         return True
     if value.get("resourceType") == "Bundle":
-        entries = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, Mapping)]
+        raw = value.get("entry")
+        entries = [e.get("resource") for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
         outcomes = [r for r in entries if isinstance(r, Mapping) and r.get("resourceType") == "OperationOutcome"]
-        errors = [o for o in outcomes if any(i.get("severity") in ("error", "fatal") for i in o.get("issue") or [])]
+        errors = [o for o in outcomes if isinstance(o.get("issue"), list)
+                  and any(isinstance(i, Mapping) and i.get("severity") in ("error", "fatal") for i in o["issue"])]
         return bool(errors) and len(errors) == len(entries)
     return False
 
@@ -249,7 +251,8 @@ def _reason(exc: Exception) -> str:
 def _resources(data: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
     for value in data:
         if isinstance(value, Mapping) and value.get("resourceType") == "Bundle":
-            for entry in value.get("entry") or []:
+            entries = value.get("entry")
+            for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
                     yield entry["resource"]
         elif isinstance(value, Mapping):
