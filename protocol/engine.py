@@ -176,6 +176,41 @@ class Scope:
     def child(self) -> "Scope":
         return Scope(self.session, self)
 
+    def defines(self, name: str) -> bool:
+        """True if the name is visible here (nothing is computed)."""
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.values or name in scope.definitions:
+                return True
+            scope = scope.parent
+        return False
+
+
+class ScopeView(Mapping):
+    """The %variables of one evaluation, computed only when the expression reads them."""
+
+    __slots__ = ("scope", "extra")
+
+    def __init__(self, scope: Scope, extra: Mapping[str, list] | None):
+        self.scope = scope
+        self.extra = extra or {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.extra or (isinstance(name, str) and self.scope.defines(name))
+
+    def __getitem__(self, name: str) -> list:
+        if name in self.extra:
+            return self.extra[name]
+        if not self.scope.defines(name):
+            raise KeyError(name)
+        return self.scope.lookup(name)
+
+    def __iter__(self):
+        raise TypeError("the variables of an evaluation are read one by one")
+
+    def __len__(self) -> int:
+        raise TypeError("the variables of an evaluation are read one by one")
+
 
 class Session:
     """One $apply call: the record, the clock, the scopes and the issues found on the way."""
@@ -200,10 +235,9 @@ class Session:
         self.issues.append(Issue(severity, code, message, where))
 
     def evaluate(self, compiled: Compiled, scope: Scope, extra: Mapping[str, list] | None = None) -> list:
-        """Evaluate with the variables it uses; an error is reported and gives an empty result."""
-        env = {name: (extra[name] if extra and name in extra else scope.lookup(name)) for name in compiled.expression.variables}
+        """Evaluate, computing each variable only if the expression reaches it; an error is reported and gives an empty result."""
         try:
-            return compiled.expression(env, self.context)
+            return compiled.expression(ScopeView(scope, extra), self.context)
         except FhirPathEvaluationError as exc:
             self.report("error", "exception", f"{compiled.where}: {exc}", compiled.where)
             return []
