@@ -84,6 +84,31 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """Write the FHIR NPM package (.tgz)."""
+    from protocol.package import build_package
+
+    path = build_package(load_content(args.content), args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Send the transaction Bundle to a FHIR server and report each entry; exit 1 if anything was refused."""
+    from service.push import PushError, push
+
+    try:
+        outcomes = push(load_content(args.content), args.fhir_server, args.token)
+    except PushError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for outcome in outcomes:
+        print(f"{'ok  ' if outcome.ok else 'FAIL'} {outcome.status:<16} {outcome.request}{outcome.detail}")
+    refused = [o for o in outcomes if not o.ok]
+    print(f"{len(outcomes) - len(refused)} of {len(outcomes)} entries accepted", file=sys.stderr if refused else sys.stdout)
+    return 1 if refused else 0
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -136,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r5", action="store_true", help="R5 output: a Bundle whose first entry is the RequestOrchestration")
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("package", help="write the FHIR NPM package (.tgz)")
+    p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: the current folder)")
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("push", help="send the artifacts to a FHIR server as one transaction")
+    p.add_argument("--fhir-server", required=True, help="base URL of the FHIR server")
+    p.add_argument("--token", default=None, help="bearer token for the server")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("serve", help="run the CDS Hooks service (gunicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

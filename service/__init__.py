@@ -81,9 +81,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.extensions["back_spasm_cds"] = state
     CORS(app, resources={r"/cds-services*": {"origins": settings.cors_origins}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)
-    from service import health, hooks
+    from service import fhir_api, health, hooks
 
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(fhir_api.bp)
     app.register_blueprint(health.bp)
     register_error_handlers(app)
     logs.install(app)

@@ -1,0 +1,294 @@
+"""The FHIR face of the protocol: metadata, read, search, $apply, $expand, the NPM package and push."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+from protocol.bundle import artifact_bundle
+from protocol.cli import main
+from protocol.content import load_content
+from protocol.engine import Engine
+from protocol.output import bundle_r5, careplan_r4
+from protocol.package import build_package
+from service import create_app
+from service.config import Settings
+from tests.fhir_check import fhir_check
+from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient
+
+PATHWAY = "back-spasm-treatment-pathway"
+REVIEW = "back-spasm-order-review"
+FHIR_JSON = "application/fhir+json"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(load_content())
+
+
+@pytest.fixture(scope="module")
+def client(engine, tmp_path_factory):
+    settings = Settings.load(environ={}, overrides={"database": str(tmp_path_factory.mktemp("db") / "cds.sqlite")})
+    return create_app(settings, engine=engine, clock=lambda: CLOCK).test_client()
+
+
+def without_ids(value):
+    """The value with generated ids and uuids blanked (they differ between two runs)."""
+    text = json.dumps(value)
+    data = json.loads(text)
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: ("<id>" if k in ("id", "fullUrl") or (k == "reference" and str(v).startswith("urn:uuid:")) else walk(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    return walk(data)
+
+
+def parameters(subject, data=None, **extra):
+    params = [{"name": "subject", "valueString": subject}]
+    if data is not None:
+        params.append({"name": "data", "resource": data})
+    for name, value in extra.items():
+        params.append({"name": name, **value})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+# -- metadata, read, search -------------------------------------------------------------------------------------
+
+def test_capability_statement_says_what_is_supported(client):
+    answer = client.get("/fhir/metadata")
+    assert answer.status_code == 200 and answer.mimetype == FHIR_JSON
+    statement = CapabilityStatement.model_validate(answer.json)
+    assert statement.fhirVersion == "4.0.1"
+    resources = {r["type"]: r for r in answer.json["rest"][0]["resource"]}
+    assert {"PlanDefinition", "ActivityDefinition", "ValueSet", "Library"} <= set(resources)
+    assert {o["name"] for o in resources["PlanDefinition"]["operation"]} == {"apply", "r5.apply"}
+    assert {o["name"] for o in resources["ValueSet"]["operation"]} == {"expand"}
+    assert {p["name"] for p in resources["Library"]["searchParam"]} == {"_id", "url", "version", "name", "status", "title"}
+
+
+def test_every_artifact_can_be_read(client, engine):
+    for resource in engine.content.resources:
+        answer = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}")
+        assert answer.status_code == 200 and answer.mimetype == FHIR_JSON
+        assert answer.json == resource
+
+
+@pytest.mark.parametrize("path", ["/fhir/PlanDefinition/nope", "/fhir/Patient/1", "/fhir/Observation"])
+def test_unknown_artifacts_are_404_operation_outcomes(client, path):
+    answer = client.get(path)
+    assert answer.status_code == 404 and answer.mimetype == FHIR_JSON
+    assert answer.json["resourceType"] == "OperationOutcome" and answer.json["issue"][0]["diagnostics"]
+
+
+def test_search_by_each_parameter(client, engine):
+    valueset = engine.content.get("ValueSet", "maoi")
+    for query in (f"url={valueset['url']}", f"url={valueset['url']}|{valueset['version']}", "_id=maoi", f"name={valueset['name']}",
+                  f"_id=maoi,cyclobenzaprine&status=active"):
+        answer = client.get(f"/fhir/ValueSet?{query}")
+        assert answer.status_code == 200 and answer.json["type"] == "searchset"
+        assert "maoi" in [e["resource"]["id"] for e in answer.json["entry"]], query
+        assert answer.json["total"] == len(answer.json["entry"])
+    assert client.get("/fhir/ValueSet?_id=maoi,cyclobenzaprine").json["total"] == 2
+    assert client.get("/fhir/PlanDefinition?version=0.0.1").json["total"] == 0
+    assert client.get("/fhir/PlanDefinition").json["total"] == 2
+    everything = client.get("/fhir/ValueSet?status=active")
+    assert everything.json["total"] == len(engine.content.of_type("ValueSet"))
+
+
+def test_an_unknown_search_parameter_is_400(client):
+    answer = client.get("/fhir/Library?subject=Patient/1")
+    assert answer.status_code == 400 and "subject" in answer.json["issue"][0]["diagnostics"]
+
+
+# -- $apply -------------------------------------------------------------------------------------------------------
+
+def _spasm_patient():
+    patient = Patient(45)
+    patient.spasm(20)
+    patient.physical_therapy("procedure", 12)
+    return patient
+
+
+def test_apply_over_http_equals_the_engine(client, engine):
+    patient = _spasm_patient()
+    answer = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=parameters(f"Patient/{patient.id}", patient.bundle("collection")))
+    assert answer.status_code == 200 and answer.mimetype == FHIR_JSON
+    expected = careplan_r4(engine.apply(PATHWAY, [patient.bundle("collection")], CLOCK, f"Patient/{patient.id}"))
+    assert without_ids(answer.json) == without_ids(expected)
+    assert {a["id"] for a in answer.json["contained"][0]["action"]} == {"phase-plan", "cyclobenzaprine-proposal"}
+
+
+def test_apply_by_url_and_r5_output(client, engine):
+    patient = _spasm_patient()
+    url = engine.content.get("PlanDefinition", PATHWAY)["url"]
+    by_url = client.post(f"/fhir/PlanDefinition/$apply?url={url}&version=1.0.0", json=parameters(f"Patient/{patient.id}", patient.bundle("collection")))
+    assert by_url.status_code == 200 and by_url.json["resourceType"] == "CarePlan"
+    r5 = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$r5.apply", json=parameters(f"Patient/{patient.id}", patient.bundle("collection")))
+    assert r5.status_code == 200 and r5.json["resourceType"] == "Parameters"
+    bundle = r5.json["parameter"][0]["resource"]
+    assert bundle["entry"][0]["resource"]["resourceType"] == "RequestOrchestration"
+    expected = bundle_r5(engine.apply(PATHWAY, [patient.bundle("collection")], CLOCK, f"Patient/{patient.id}"))
+    assert without_ids(bundle) == without_ids(expected)
+
+
+def test_apply_the_order_review_with_draft_orders_as_parameters(client, engine):
+    patient = _spasm_patient()
+    patient.medication(PHENELZINE)
+    draft = patient.draft_medication(CYCLOBENZAPRINE_10, draft_id="rx-9")
+    inner = {"resourceType": "Parameters", "parameter": [{"name": "draftOrder", "resource": draft}, {"name": "draftOrders", "resource": draft}]}
+    answer = client.post(f"/fhir/PlanDefinition/{REVIEW}/$apply",
+                         json=parameters(f"Patient/{patient.id}", patient.bundle("collection"), parameters={"resource": inner}))
+    assert answer.status_code == 200
+    assert "draft-maoi" in {a["id"] for a in answer.json["contained"][0]["action"]}
+    expected = careplan_r4(engine.apply(REVIEW, [patient.bundle("collection")], CLOCK, f"Patient/{patient.id}",
+                                        parameters={"draftOrder": draft, "draftOrders": [draft]}))
+    assert without_ids(answer.json) == without_ids(expected)
+
+
+def test_activity_definition_apply_returns_the_request(client, engine):
+    patient = _spasm_patient()
+    answer = client.post("/fhir/ActivityDefinition/cyclobenzaprine-5mg-tid/$apply", json=parameters(f"Patient/{patient.id}", patient.bundle("collection")))
+    assert answer.status_code == 200 and answer.json["resourceType"] == "MedicationRequest"
+    assert answer.json["medicationCodeableConcept"]["coding"][0]["code"] == "828320"
+    expected, _ = engine.apply_activity("cyclobenzaprine-5mg-tid", [patient.bundle("collection")], CLOCK, f"Patient/{patient.id}")
+    assert answer.json == expected
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"resourceType": "Parameters", "parameter": []}, "subject is required"),
+    ({"resourceType": "Bundle"}, "must be a Parameters"),
+    ({"resourceType": "Parameters", "parameter": [{"name": "subject", "valueString": "Patient/1"}, {"name": "data", "resource": {"resourceType": "Patient"}}]},
+     "data must be a Bundle"),
+    ({"resourceType": "Parameters", "parameter": [{"valueString": "x"}]}, "needs a name"),
+])
+def test_bad_apply_calls_are_400(client, body, message):
+    answer = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=body)
+    assert answer.status_code == 400 and message in json.dumps(answer.json)
+
+
+def test_apply_of_an_unknown_plan_is_not_found_or_bad(client):
+    assert client.post("/fhir/PlanDefinition/nope/$apply", json=parameters("Patient/1")).status_code == 404
+    answer = client.post("/fhir/PlanDefinition/$apply?url=http://example.org/nope", json=parameters("Patient/1"))
+    assert answer.status_code == 400 and "no PlanDefinition" in answer.json["issue"][0]["diagnostics"]
+
+
+def test_expand_from_the_stored_expansion(client, engine):
+    stored = engine.content.get("ValueSet", "maoi")["expansion"]
+    answer = client.get("/fhir/ValueSet/maoi/$expand")
+    assert answer.status_code == 200 and answer.json["expansion"]["total"] == stored["total"]
+    assert answer.json["expansion"]["contains"] == stored["contains"]
+    page = client.post("/fhir/ValueSet/maoi/$expand", json={"resourceType": "Parameters", "parameter": [
+        {"name": "filter", "valueString": "phenelzine"}, {"name": "offset", "valueInteger": 1}, {"name": "count", "valueInteger": 2}]})
+    phenelzine = [c for c in stored["contains"] if "phenelzine" in c["display"].lower()]
+    assert page.json["expansion"]["total"] == len(phenelzine)
+    assert page.json["expansion"]["contains"] == phenelzine[1:3]
+    assert client.get("/fhir/ValueSet/nope/$expand").status_code == 404
+
+
+def test_fhir_endpoints_need_a_token_in_production(engine, tmp_path):
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps({"clients": [{"iss": "https://ehr.example.org", "jku": ["https://ehr.example.org/jwks"]}]}))
+    settings = Settings.load(environ={}, overrides={"database": str(tmp_path / "c.sqlite"), "mode": "production", "trusted_clients": str(clients)})
+    app = create_app(settings, engine=engine, clock=lambda: CLOCK)
+    assert app.test_client().get("/fhir/metadata").status_code == 401
+    assert app.test_client().post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=parameters("Patient/1")).status_code == 401
+
+
+# -- the NPM package -------------------------------------------------------------------------------------------------
+
+def _package_files(path):
+    with tarfile.open(path, "r:gz") as archive:
+        return {m.name: json.loads(archive.extractfile(m).read()) for m in archive.getmembers()}
+
+
+def test_package_has_the_manifest_the_index_and_every_resource(tmp_path, engine):
+    assert main(["package", "--out", str(tmp_path)]) == 0
+    path = next(tmp_path.glob("*.tgz"))
+    files = _package_files(path)
+    manifest = files["package/package.json"]
+    pub = engine.content.publication
+    assert path.name == f"{pub['packageId']}-{pub['version']}.tgz"
+    assert manifest["name"] == pub["packageId"] and manifest["version"] == pub["version"] and manifest["canonical"] == pub["canonical"]
+    assert manifest["fhirVersions"] == ["4.0.1"] and manifest["dependencies"] == {"hl7.fhir.r4.core": "4.0.1"}
+    index = files["package/.index.json"]
+    assert index["index-version"] == 2
+    assert {f["filename"] for f in index["files"]} == {f"{r['resourceType']}-{r['id']}.json" for r in engine.content.resources}
+    for entry in index["files"]:
+        resource = files[f"package/{entry['filename']}"]
+        assert resource == engine.content.get(entry["resourceType"], entry["id"])
+        assert entry.get("url") == resource.get("url")
+    assert build_package(engine.content, tmp_path / "again").read_bytes() == path.read_bytes(), "the package is reproducible"
+
+
+def test_package_resources_pass_the_independent_checker(tmp_path, engine):
+    path = build_package(engine.content, tmp_path)
+    resources = [r for name, r in _package_files(path).items() if name.endswith(".json") and "resourceType" in r]
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"fullUrl": r["url"], "resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources]}
+    code, report = fhir_check(data=bundle, tmp_path=tmp_path)
+    assert code == 0, report
+    code, report = fhir_check("--import", data=bundle, tmp_path=tmp_path)
+    assert code == 0 and report["accepted"] and report["errors"] == [], report
+
+
+# -- push --------------------------------------------------------------------------------------------------------------
+
+def _respond_all(request_json, status="200 OK"):
+    return {"resourceType": "Bundle", "type": "transaction-response",
+            "entry": [{"response": {"status": status, "location": e["request"]["url"] + "/_history/1"}} for e in request_json["entry"]]}
+
+
+def test_push_sends_the_transaction_and_reports_each_entry(httpserver, capsys, engine):
+    seen = {}
+
+    def handler(request):
+        from werkzeug.wrappers import Response
+
+        seen["auth"] = request.headers.get("Authorization")
+        seen["type"] = request.headers.get("Content-Type")
+        seen["body"] = request.get_json(force=True)
+        return Response(json.dumps(_respond_all(seen["body"])), content_type="application/fhir+json")
+
+    httpserver.expect_request("/fhir", method="POST").respond_with_handler(handler)
+    assert main(["push", "--fhir-server", httpserver.url_for("/fhir"), "--token", "t0k"]) == 0
+    out = capsys.readouterr().out
+    assert seen["auth"] == "Bearer t0k" and seen["type"].startswith("application/fhir+json")
+    assert seen["body"] == artifact_bundle(engine.content, "transaction")
+    assert out.count("ok  ") == len(engine.content.resources)
+    assert f"{len(engine.content.resources)} of {len(engine.content.resources)} entries accepted" in out
+
+
+def test_push_exits_1_when_an_entry_is_refused(httpserver, capsys):
+    def handler(request):
+        from werkzeug.wrappers import Response
+
+        body = _respond_all(request.get_json(force=True))
+        body["entry"][3]["response"] = {"status": "422 Unprocessable Entity", "outcome": {
+            "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad ValueSet"}]}}
+        return Response(json.dumps(body), content_type="application/fhir+json")
+
+    httpserver.expect_request("/fhir", method="POST").respond_with_handler(handler)
+    assert main(["push", "--fhir-server", httpserver.url_for("/fhir")]) == 1
+    out = capsys.readouterr()
+    assert "FAIL 422 Unprocessable Entity" in out.out and "bad ValueSet" in out.out
+
+
+@pytest.mark.parametrize("status, body", [(500, {"resourceType": "OperationOutcome", "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "down"}]}),
+                                          (200, {"resourceType": "Patient"})])
+def test_push_exits_1_when_the_server_refuses_or_answers_nonsense(httpserver, capsys, status, body):
+    httpserver.expect_request("/fhir", method="POST").respond_with_json(body, status=status)
+    assert main(["push", "--fhir-server", httpserver.url_for("/fhir")]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_push_to_an_unreachable_server_exits_1(capsys):
+    assert main(["push", "--fhir-server", "http://127.0.0.1:9/fhir"]) == 1
+    assert "could not be reached" in capsys.readouterr().err
