@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol.requests import bundle_resources, calls_for_hook, run_calls
@@ -85,7 +86,7 @@ def call_service(service_id: str) -> Response:
     g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
                  "cards_ms": (time.monotonic() - applied) * 1000}
     g.cards = len(cards)
-    return jsonify(response(cards))
+    return Response(orjson.dumps(response(cards)), mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -261,13 +261,16 @@ def _resources(data: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
 
 def _unresolved_medications(data: list[Any]) -> set[str]:
     """``Medication/id`` references of medication orders and statements that no supplied resource answers."""
-    resources = list(_resources(data))
-    known = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
     wanted = set()
-    for resource in resources:
-        ref = (resource.get("medicationReference") or {}).get("reference") if isinstance(resource.get("medicationReference"), Mapping) else None
+    known = set()
+    for resource in _resources(data):
+        if resource.get("resourceType") == "Medication":
+            known.add(f"Medication/{resource.get('id')}")
+            continue
+        reference = resource.get("medicationReference")
+        ref = reference.get("reference") if isinstance(reference, Mapping) else None
         if isinstance(ref, str) and not ref.startswith("#"):
             relative = "/".join(ref.split("/_history/")[0].rstrip("/").split("/")[-2:])
-            if relative.startswith("Medication/") and relative not in known:
+            if relative.startswith("Medication/"):
                 wanted.add(relative)
-    return wanted
+    return wanted - known

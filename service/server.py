@@ -6,6 +6,7 @@ worker answers its first request at full speed and shares the compiled content's
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -38,6 +39,10 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
     """Start gunicorn on host:port with the application built once before forking."""
     settings = settings or Settings.load()
     app = create_app(settings)
+    # Everything loaded so far (compiled protocol, models) lives as long as the process: keep it out of the
+    # garbage collector's scans, and shared copy-on-write between the forked workers.
+    gc.collect()
+    gc.freeze()
     options = {
         "bind": f"{host}:{port}",
         "workers": worker_count(settings),
