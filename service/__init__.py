@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(hooks.bp)
     app.register_blueprint(fhir_api.bp)
     app.register_blueprint(health.bp)
+    from service import page
+    app.register_blueprint(page.bp)  # the public protocol page: / and /protocol
     register_error_handlers(app)
     logs.install(app)
     return app

@@ -293,8 +293,6 @@ def test_every_card_names_the_protocol_and_its_version_in_its_source(app, client
             assert card["source"]["topic"]["system"].startswith("http")
 
 
-@pytest.mark.xfail(reason="source.url points at {host}/protocol#<action>, but the service has no /protocol page (GET answers 404); "
-                          "PROTOCOL §6 asks for a link to the protocol's page (service/__init__.py _page_url)", strict=True)
 def test_the_source_link_leads_to_the_protocol_page(app, client):
     card = run(app, client, example_1)[1][0]
     url = urlsplit(card["source"]["url"])
