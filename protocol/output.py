@@ -85,27 +85,38 @@ def _outcome(issues: list[Issue], oid: str) -> Json | None:
     return {"resourceType": "OperationOutcome", "id": oid, "issue": [i.to_fhir() for i in issues]}
 
 
+def _request(result: ApplyResult, resource_type: str, rid: str, actions: list[Json]) -> Json:
+    """The RequestGroup (R4) or RequestOrchestration (R5) that carries the applied actions."""
+    group: Json = {
+        "resourceType": resource_type,
+        "id": rid,
+        "instantiatesCanonical": [canonical_of(result.plan)],
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": result.subject},
+        "authoredOn": _instant(result.now),
+    }
+    _context(group, result, "author")
+    if actions:
+        group["action"] = actions
+    return group
+
+
+def _context(resource: Json, result: ApplyResult, author_element: str) -> None:
+    """Encounter and author references, when the call named them."""
+    if result.encounter:
+        resource["encounter"] = {"reference": result.encounter}
+    if result.author:
+        resource[author_element] = {"reference": result.author}
+
+
 def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Json:
     """R4 PlanDefinition/$apply: a CarePlan whose activity references the contained RequestGroup."""
     issues = list(result.issues)
     contained = _Contained()
     actions = _request_actions(result.actions, contained, result, lambda r: f"#{r['id']}")
     canonical = canonical_of(result.plan)
-    group: Json = {
-        "resourceType": "RequestGroup",
-        "id": "request-group",
-        "instantiatesCanonical": [canonical],
-        "status": "draft",
-        "intent": "proposal",
-        "subject": {"reference": result.subject},
-        "authoredOn": _instant(result.now),
-    }
-    if result.encounter:
-        group["encounter"] = {"reference": result.encounter}
-    if result.author:
-        group["author"] = {"reference": result.author}
-    if actions:
-        group["action"] = actions
+    group = _request(result, "RequestGroup", "request-group", actions)
     careplan: Json = {
         "resourceType": "CarePlan",
         "id": id_factory(),
@@ -120,10 +131,7 @@ def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> 
         "created": _instant(result.now),
         "activity": [{"reference": {"reference": "#request-group"}}],
     }
-    if result.encounter:
-        careplan["encounter"] = {"reference": result.encounter}
-    if result.author:
-        careplan["author"] = {"reference": result.author}
+    _context(careplan, result, "author")
     outcome = _outcome(issues, "outcome")
     if outcome is not None:
         careplan["contained"].append(outcome)
@@ -165,21 +173,7 @@ def bundle_r5(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Js
     actions = [_action_r5(a) for a in _request_actions(result.actions, contained, result, reference)]
     canonical = canonical_of(result.plan)
     orchestration_url = f"urn:uuid:{uuid.uuid4()}"
-    orchestration: Json = {
-        "resourceType": "RequestOrchestration",
-        "id": id_factory(),
-        "instantiatesCanonical": [canonical],
-        "status": "draft",
-        "intent": "proposal",
-        "subject": {"reference": result.subject},
-        "authoredOn": _instant(result.now),
-    }
-    if result.encounter:
-        orchestration["encounter"] = {"reference": result.encounter}
-    if result.author:
-        orchestration["author"] = {"reference": result.author}
-    if actions:
-        orchestration["action"] = actions
+    orchestration = _request(result, "RequestOrchestration", id_factory(), actions)
     careplan: Json = {
         "resourceType": "CarePlan",
         "id": id_factory(),
@@ -191,6 +185,7 @@ def bundle_r5(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Js
         "created": _instant(result.now),
         "activity": [{"plannedActivityReference": {"reference": orchestration_url}}],
     }
+    _context(careplan, result, "custodian")
     entries = [{"fullUrl": orchestration_url, "resource": orchestration}]
     for resource in contained.resources:
         entries.append({"fullUrl": urls[resource["id"]], "resource": _request_r5(resource)})
