@@ -6,6 +6,7 @@ resource ``package/{Type}-{id}.json``, and ``package/.index.json`` listing them 
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -64,10 +65,11 @@ def build_package(content: Content, out_dir: Path) -> Path:
     pub = content.publication
     path = out_dir / f"{pub['packageId']}-{pub['version']}.tgz"
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
-        _add(archive, "package.json", manifest(content))
-        _add(archive, ".index.json", index(content))
-        for resource in content.resources:
-            _add(archive, f"{resource['resourceType']}-{resource['id']}.json", resource)
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=FIXED_MTIME) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            _add(archive, "package.json", manifest(content))
+            _add(archive, ".index.json", index(content))
+            for resource in content.resources:
+                _add(archive, f"{resource['resourceType']}-{resource['id']}.json", resource)
     path.write_bytes(buffer.getvalue())
     return path
