@@ -59,7 +59,8 @@ class TrustedClient:
     jku: list[str] = field(default_factory=list)
     fhir_servers: list[str] = field(default_factory=list)
     development_only: bool = False
-    fetched: dict[str, float] = field(default_factory=dict)
+    fetched: dict[str, float] = field(default_factory=dict)  #: last fetch attempt per jku URL (monotonic seconds)
+    remote: dict[str, tuple[float, dict[str, jwt.PyJWK]]] = field(default_factory=dict)  #: keys per jku URL, with when they came
 
 
 def _jwks_keys(jwks: Mapping[str, Any], where: str) -> dict[str, jwt.PyJWK]:
@@ -153,6 +154,7 @@ class Authenticator:
         self.replay = replay
         self.clock = clock
         self.http = http or requests.Session()
+        self.monotonic: Callable[[], float] = time.monotonic
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
@@ -223,41 +225,45 @@ class Authenticator:
             raise AuthFailure("jti missing")
 
     def _key(self, client: TrustedClient, header: Mapping[str, Any]) -> Any:
+        """The key a kid names: pinned in the configuration, else from the issuer's JWKS (jku), fetched when its
+        cache is older than the TTL, and fetched again once when the kid is unknown (key rotation)."""
         kid = header.get("kid")
         if not kid:
             raise AuthFailure("kid missing")
         jku = header.get("jku")
         if jku is not None and jku not in client.jku:
             raise AuthFailure("jku not allowed for this issuer")
-        key = client.keys.get(kid)
-        if key is None and client.jku:
-            self._refresh(client, [jku] if jku else client.jku)
-            key = client.keys.get(kid)
-        if key is None:
-            raise AuthFailure(f"unknown kid {kid!r}")
-        return key
+        if kid in client.keys:
+            return client.keys[kid]
+        for url in [jku] if jku else client.jku:
+            cached = client.remote.get(url)
+            if cached is None or self.monotonic() - cached[0] > JWKS_TTL_SECONDS:
+                self._fetch(client, url)
+            key = client.remote.get(url, (0.0, {}))[1].get(kid)
+            if key is None:
+                self._fetch(client, url)
+                key = client.remote.get(url, (0.0, {}))[1].get(kid)
+            if key is not None:
+                return key
+        raise AuthFailure(f"unknown kid {kid!r}")
 
-    def _refresh(self, client: TrustedClient, urls: list[str]) -> None:
-        """Fetch the issuer's JWKS from its allowed jku URLs (cached; at most one refresh per cooldown)."""
-        now = time.monotonic()
+    def _fetch(self, client: TrustedClient, url: str) -> None:
+        """Fetch one JWKS (at most once per cooldown per URL); on failure the previous keys stay until replaced."""
         with self._lock:
-            for url in urls:
-                if url not in client.jku:
-                    continue
-                last = client.fetched.get(url, -1e9)
-                if now - last < JWKS_REFRESH_COOLDOWN:
-                    continue
-                client.fetched[url] = now
-                if self.production and urlsplit(url).scheme != "https":
-                    log.warning("jku %s is not https: not fetched in production", url)
-                    continue
-                try:
-                    response = self.http.get(url, timeout=3, allow_redirects=False, headers={"Accept": "application/json"})
-                    if response.status_code != 200 or len(response.content) > JWKS_MAX_BYTES:
-                        raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
-                    client.keys.update(_jwks_keys(response.json(), url))
-                except (requests.RequestException, ValueError, AuthConfigError) as exc:
-                    log.warning("JWKS %s could not be fetched: %s", url, type(exc).__name__)
+            now = self.monotonic()
+            if now - client.fetched.get(url, -1e9) < JWKS_REFRESH_COOLDOWN:
+                return
+            client.fetched[url] = now
+            if self.production and urlsplit(url).scheme != "https":
+                log.warning("jku %s is not https: not fetched in production", url)
+                return
+            try:
+                response = self.http.get(url, timeout=3, allow_redirects=False, headers={"Accept": "application/json"})
+                if response.status_code != 200 or len(response.content) > JWKS_MAX_BYTES:
+                    raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
+                client.remote[url] = (now, _jwks_keys(response.json(), url))
+            except (requests.RequestException, ValueError, AuthConfigError) as exc:
+                log.warning("JWKS %s could not be fetched: %s", url, type(exc).__name__)
 
     # -- FHIR server trust -------------------------------------------------------------------------------------
     def fhir_server_allowed(self, client: TrustedClient | None, server: str) -> bool:

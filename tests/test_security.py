@@ -296,6 +296,27 @@ def test_keys_are_fetched_from_an_allowed_jku_and_refreshed_once_for_a_new_kid(e
     assert len(httpserver.log) == 2
 
 
+def test_fetched_keys_expire_after_the_ttl_and_a_dropped_key_stops_working(engine, tmp_path, keys, patient, httpserver):
+    from service.auth import JWKS_TTL_SECONDS
+
+    jku = httpserver.url_for("/jwks.json")
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps({"clients": [{"iss": ISSUER, "jku": [jku]}]}))
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json({"keys": [_jwk(keys["ec"], "ec-1", "ES384")]})
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json({"keys": [_jwk(keys["other"], "ec-2", "ES384")]})
+    app, _ = make_app(engine, tmp_path, path, mode="development", allow_unauthenticated=False)
+    auth = app.extensions["back_spasm_cds"].auth
+    clock = [1000.0]
+    auth.monotonic = lambda: clock[0]
+    assert _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, header={"jku": jku})).status_code == 200
+    clock[0] += 10
+    assert _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, header={"jku": jku})).status_code == 200
+    assert len(httpserver.log) == 1, "cached within the TTL"
+    clock[0] += JWKS_TTL_SECONDS + 1
+    assert _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, header={"jku": jku})).status_code == 401
+    assert len(httpserver.log) == 2, "fetched again after the TTL; ec-1 is gone from the new set"
+
+
 # -- startup guard -----------------------------------------------------------------------------------------
 
 def test_serve_refuses_a_public_address_without_trusted_clients(capsys, monkeypatch):
