@@ -662,6 +662,14 @@ def test_not_recommended_order_gets_an_info_card_with_heat_and_exercise(engine, 
     assert any(codes_in(c) & vs.codes(VS + "therapeutic-exercise") for c in created)
 
 
+@pytest.mark.parametrize("code,note", [(TENS_CLINIC, True), (TENS_DEVICE, False)], ids=["cpt-97014", "tens-device"])
+def test_the_unattended_stimulation_note_appears_only_for_that_code(engine, code, note):
+    patient = base()
+    draft = patient.draft_service(code, resource_type="ServiceRequest" if note else "DeviceRequest", draft_id="order-1")
+    found = get(review(engine, patient, draft), "draft-tens")
+    assert ("draft-tens-unattended-stimulation" in {c.fields["id"] for c in found.children}) is note
+
+
 def test_heat_order_is_not_flagged(engine):
     patient = base()
     assert review(engine, patient, patient.draft_service(HEAT)).actions == []
