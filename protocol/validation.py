@@ -5,6 +5,7 @@ Every problem names the file and the element path, so an author can go straight 
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,8 +171,13 @@ class _ResourceChecker:
             for error in exc.errors():
                 self.add(fhir_path(self.type, tuple(error["loc"])), error["msg"])
             return False
-        if not (self.resource.get("text") or {}).get("div"):
+        narrative = (self.resource.get("text") or {}).get("div")
+        if not narrative:
             self.add(f"{self.type}.text", "human-readable narrative missing")
+        elif self.type == "PlanDefinition":
+            for path, action in _actions(self.resource.get("action") or [], "PlanDefinition.action"):
+                if action.get("title") and html.escape(action["title"], quote=False) not in narrative:
+                    self.add(f"{path}.title", "the narrative (text.div) does not mention this action: update it with the action")
         return True
 
     def check_publication(self) -> None:

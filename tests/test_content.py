@@ -129,6 +129,11 @@ def test_a_structural_error_is_reported_with_its_path(broken):
     one_problem(folder, PATHWAY, "PlanDefinition.action[3].title", "valid string")
 
 
+def test_a_plan_narrative_that_misses_an_action_is_reported(broken):
+    folder = broken(PATHWAY, lambda pd: pd["action"][2].update(title="A new card nobody described"))
+    one_problem(folder, PATHWAY, "PlanDefinition.action[2].title", "narrative (text.div) does not mention this action")
+
+
 def test_url_and_version_must_follow_publication_json(broken):
     folder = broken(HEAT, lambda ad: ad.update(version="0.9.0", url=ad["url"].replace("back-spasm-cds", "other")))
     one_problem(folder, HEAT, "ActivityDefinition.version", "expected 1.0.0")
