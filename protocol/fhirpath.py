@@ -377,6 +377,15 @@ def _quantity(item: Any) -> FP_Quantity | None:
 
 def _add_to_datetime(value: _DateTime, quantity: FP_Quantity, sign: int) -> FP_DateTime:
     """value + sign * quantity, keeping the value's precision and offset."""
+    return _new_datetime(_shifted_datetime_text(value, quantity, sign))
+
+
+def _shifted_datetime_text(value: _DateTime, quantity: Any, sign: int) -> str:
+    """The text of value + sign * quantity (see _corrected_operators for the rules).
+
+    ``quantity`` is anything with the ``value`` and ``unit`` of a fhirpathpy quantity (a number,
+    and a calendar word such as ``days`` or a quoted UCUM code such as ``'h'``).
+    """
     unit = _UNIT_TO_CALENDAR.get(quantity.unit)
     if unit is None:
         raise ValueError(
@@ -431,7 +440,7 @@ def _add_to_datetime(value: _DateTime, quantity: FP_Quantity, sign: int) -> FP_D
             text += "." + f"{result.microsecond:06d}"[:digits]
     if value.zone is not None:
         text += value.zone
-    return _new_datetime(text)
+    return text
 
 
 def _arithmetic(original: Callable, sign: int) -> Callable:
@@ -1536,6 +1545,19 @@ def _to_json(value: Any) -> Any:
     return str(value)
 
 
+def _parse_checked(expression: str) -> tuple[dict, frozenset[str]]:
+    """The parse tree of an expression and its %variable names, after every compile-time check.
+
+    Shared by the evaluators, so that they accept exactly the same expressions: a syntax error, an
+    empty expression, an unknown function, a wrong number of arguments or an invalid date/time
+    literal is a FhirPathSyntaxError.  The tree's root node has the expression as only child.
+    """
+    root = _parse(expression)
+    if not root.get("children"):
+        raise FhirPathSyntaxError(f"empty expression {expression!r}")
+    return root, _inspect(root, expression)
+
+
 class FhirPathPyEvaluator:
     """The Evaluator implemented with fhirpathpy and its R4 model."""
 
@@ -1544,10 +1566,7 @@ class FhirPathPyEvaluator:
 
     def compile(self, expression: str) -> CompiledExpression:
         """Parse once, reject syntax errors and unknown functions, and return the evaluable object."""
-        root = _parse(expression)
-        if not root.get("children"):
-            raise FhirPathSyntaxError(f"empty expression {expression!r}")
-        variables = _inspect(root, expression)
+        root, variables = _parse_checked(expression)
         run = _Compiler(self._model).run(root["children"][0])
         return _CompiledFhirPathPy(expression, variables, run, self._model)
 
