@@ -22,6 +22,13 @@ fhirpathpy's functions the way its interpreter does, without its per-node overhe
 them, and ``and``/``or``/``implies`` skip their right operand when the left one
 decides the result, so a mapping that computes variables on demand computes only
 what is needed.
+
+Choosing the engine: ``default_evaluator()`` returns this fhirpathpy-based evaluator unless
+the environment variable ``BACK_SPASM_CDS_FHIRPATH`` is ``native``, in which case it returns
+``protocol.fhirpath_native.NativeEvaluator``, an implementation of the same interface that
+evaluates over plain JSON values (same parser and compile-time checks, same date/time semantics;
+that module lists the few corner cases where its results differ).  Accepted values:
+``fhirpathpy`` (the default, also when unset or empty) and ``native``; anything else is an error.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import calendar
 import contextvars
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -1608,7 +1616,23 @@ class FhirPathPyEvaluator:
 
 _DEFAULT = FhirPathPyEvaluator()
 
+#: Environment variable choosing the FHIRPath engine of default_evaluator() (see the module docstring).
+ENGINE_VARIABLE = "BACK_SPASM_CDS_FHIRPATH"
+_ENGINES = ("fhirpathpy", "native")
+
 
 def default_evaluator() -> Evaluator:
-    """The project's FHIRPath engine: fhirpathpy with the R4 model and the corrections above."""
-    return _DEFAULT
+    """The project's FHIRPath engine, as chosen by the BACK_SPASM_CDS_FHIRPATH environment variable.
+
+    Unset, empty or ``fhirpathpy``: fhirpathpy with the R4 model and the corrections above.
+    ``native``: protocol.fhirpath_native.NativeEvaluator.  Any other value is a ValueError.
+    The variable is read at every call, so it applies to engines created after it is set.
+    """
+    choice = os.environ.get(ENGINE_VARIABLE, "").strip().lower() or "fhirpathpy"
+    if choice == "fhirpathpy":
+        return _DEFAULT
+    if choice == "native":
+        from protocol.fhirpath_native import native_evaluator
+
+        return native_evaluator()
+    raise ValueError(f"{ENGINE_VARIABLE}={choice!r}: expected one of {', '.join(_ENGINES)}")
