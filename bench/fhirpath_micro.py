@@ -17,6 +17,13 @@ working copy, for before/after comparisons, e.g.::
     git show HEAD~1:protocol/fhirpath.py > /tmp/fhirpath_before.py
     python bench/fhirpath_micro.py --implementation /tmp/fhirpath_before.py
     python bench/fhirpath_micro.py --runs 2000
+
+``--evaluator`` chooses the engine: ``default`` (what ``default_evaluator()`` returns, which
+follows the BACK_SPASM_CDS_FHIRPATH environment variable), ``fhirpathpy`` or ``native``
+(protocol/fhirpath_native.py, or the file given with ``--native-implementation``)::
+
+    python bench/fhirpath_micro.py --evaluator fhirpathpy
+    python bench/fhirpath_micro.py --evaluator native
 """
 
 from __future__ import annotations
@@ -261,6 +268,22 @@ def _load_fhirpath(implementation: str | None):
     return fhirpath
 
 
+def _evaluator(fhirpath, args):
+    """The evaluator to measure, as chosen by --evaluator."""
+    if args.evaluator == "default":
+        return fhirpath.default_evaluator()
+    if args.evaluator == "fhirpathpy":
+        return fhirpath.FhirPathPyEvaluator()
+    if args.native_implementation is not None:
+        spec = importlib.util.spec_from_file_location("protocol.fhirpath_native", args.native_implementation)
+        native = importlib.util.module_from_spec(spec)
+        sys.modules["protocol.fhirpath_native"] = native
+        spec.loader.exec_module(native)
+    else:
+        from protocol import fhirpath_native as native
+    return native.NativeEvaluator()
+
+
 def _measure(run, args) -> tuple[list[float], Any]:
     """Warm up, then time ``run`` args.runs times: sorted samples in ms and the last result."""
     for _ in range(args.warmup):
@@ -286,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2000, help="measured evaluations per case")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured evaluations first")
     parser.add_argument("--implementation", help="another protocol/fhirpath.py to measure instead")
+    parser.add_argument("--evaluator", choices=("default", "fhirpathpy", "native"), default="default",
+                        help="the engine to measure (default: what default_evaluator() returns)")
+    parser.add_argument("--native-implementation", help="another protocol/fhirpath_native.py, with --evaluator native")
     args = parser.parse_args(argv)
 
     fhirpath = _load_fhirpath(args.implementation)
-    evaluator = fhirpath.default_evaluator()
+    evaluator = _evaluator(fhirpath, args)
+    print(f"evaluator: {type(evaluator).__module__}.{type(evaluator).__name__}")
     ctx = fhirpath.EvaluationContext(now=NOW, member_of=lambda coding, url: False, resolve=lambda reference: None)
     print(f"{'case':40} {'median ms':>10} {'p99 ms':>10}   result")
     for label, source, env in _cases(evaluator):
