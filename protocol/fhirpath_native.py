@@ -42,9 +42,9 @@ left one decides, and three-valued logic, empty propagation and singleton evalua
 FHIRPath 2.0.  ``now()``, ``today()``, ``timeOfDay()``, ``memberOf()`` and ``resolve()`` use the
 ``EvaluationContext``.
 
-What keeps an evaluation cheap: consecutive member names (``clinicalStatus.coding``) are followed
-together without intermediate nodes, and one element is navigated straight from its JSON (the
-usual case inside ``where()``); ``name = 'text'`` and ``path.exists()``/``path.empty()`` read the
+What keeps an evaluation cheap: one element is navigated straight from its JSON (the usual case
+inside ``where()``), and consecutive member names (``clinicalStatus.coding``) run as one step;
+``name = 'text'`` and ``path.exists()``/``path.empty()`` read the
 JSON directly when the element's type allows; chains of ``and``/``or`` run as one loop; literal
 arguments and operands are converted once; the type of a member is looked up once per parent
 type, ``ofType()`` once per type; date arithmetic and date comparison keys are remembered.  Each of
@@ -864,33 +864,18 @@ def _extend(values: list, paths: list, found: Any, path: str) -> None:
 def _members(model: dict, keys: list[str]) -> _Run:
     """A path of member names (``clinicalStatus.coding.code``): the descendants reached, typed from the model.
 
-    The names are followed item by item without building the intermediate nodes; the order is
-    the same as following one name at a time over the whole collection.
+    Each name is one step (see _one_member); the path stops as soon as nothing is left.
     """
-    steps = [_Member(model, key) for key in keys]
-    middle, last = steps[:-1], steps[-1]
-    if not middle:
-        return _one_member(last)
+    steps = [_one_member(_Member(model, key)) for key in keys]
+    if len(steps) == 1:
+        return steps[0]
 
     def navigate(data: list, st: _State) -> list:
-        values: list = []
-        paths: list = []
-        for item in data:
-            if type(item) is Node:
-                values.append(item.data)
-                paths.append(item.path)
-            else:
-                values.append(item)
-                paths.append(_resource_type_of(item))
-        for step in middle:
-            if not values:
-                return []
-            parents, parent_paths = values, paths
-            values, paths = [], []
-            expand = step.expand
-            for value, path in zip(parents, parent_paths):
-                expand(value, path, values, paths)
-        return _child_nodes(last, values, paths)
+        for step in steps:
+            data = step(data, st)
+            if not data:
+                return data
+        return data
 
     return navigate
 
