@@ -821,7 +821,7 @@ def test_errors_of_the_variables_are_not_evaluated_twice():
 
 def test_default_evaluator_follows_the_environment_variable(monkeypatch):
     monkeypatch.delenv(fp.ENGINE_VARIABLE, raising=False)
-    assert isinstance(default_evaluator(), FhirPathPyEvaluator)
+    assert isinstance(default_evaluator(), NativeEvaluator)
     monkeypatch.setenv(fp.ENGINE_VARIABLE, "native")
     assert default_evaluator() is native_evaluator()
     monkeypatch.setenv(fp.ENGINE_VARIABLE, " Native ")
@@ -829,7 +829,7 @@ def test_default_evaluator_follows_the_environment_variable(monkeypatch):
     monkeypatch.setenv(fp.ENGINE_VARIABLE, "fhirpathpy")
     assert isinstance(default_evaluator(), FhirPathPyEvaluator)
     monkeypatch.setenv(fp.ENGINE_VARIABLE, "")
-    assert isinstance(default_evaluator(), FhirPathPyEvaluator)
+    assert isinstance(default_evaluator(), NativeEvaluator)
     monkeypatch.setenv(fp.ENGINE_VARIABLE, "fast")
     with pytest.raises(ValueError, match="BACK_SPASM_CDS_FHIRPATH"):
         default_evaluator()
