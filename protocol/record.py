@@ -141,6 +141,9 @@ class Record:
 
     def _codes_of_element(self, resource: Mapping[str, Any], path: str) -> set:
         """Codes at a simple path; a choice element is read under any type, and a Reference through its target's code."""
+        direct = resource.get(path)
+        if isinstance(direct, dict) and "coding" in direct:
+            return codes_of(direct)
         found: set = set()
         for value in _values_at(resource, path.split(".")):
             if isinstance(value, Mapping) and "reference" in value and "coding" not in value:
@@ -171,12 +174,16 @@ def _flatten(items: Iterable[Any], full_url: str | None = None) -> Iterable[tupl
             continue
         if isinstance(item, list):
             yield from _flatten(item)
-        elif isinstance(item, Mapping):
+        elif isinstance(item, dict):
             if item.get("resourceType") == "Bundle":
                 entries = item.get("entry")
                 for entry in entries if isinstance(entries, list) else []:
-                    if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
-                        yield from _flatten([entry["resource"]], entry.get("fullUrl"))
+                    resource = entry.get("resource") if isinstance(entry, dict) else None
+                    if isinstance(resource, dict):
+                        if resource.get("resourceType") == "Bundle":
+                            yield from _flatten([resource], entry.get("fullUrl"))
+                        else:
+                            yield resource, entry.get("fullUrl")
             elif "resourceType" in item:
                 yield item, full_url
             else:
