@@ -93,7 +93,8 @@ def start(module_text: str, port: int, workdir: Path, env: dict) -> subprocess.P
     cores = os.cpu_count() or 1
     command = [sys.executable, "-m", "gunicorn", f"{name}:app", "-b", f"127.0.0.1:{port}", "-k", "gthread", "-w", str(cores),
                "--threads", "4", "--preload", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(workdir / f"{name}.log", "wb")
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -102,7 +103,7 @@ def start(module_text: str, port: int, workdir: Path, env: dict) -> subprocess.P
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"server on {port} did not start: {process.stderr.read().decode()[-2000:]}")
+    raise RuntimeError(f"server on {port} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}")
 
 
 def client(args: tuple[int, bytes, int]) -> list[float]:
