@@ -154,7 +154,7 @@ def main() -> None:
         ports = {"service": free_port(), "bare": free_port()}
         servers = [start(SERVICE_APP, ports["service"], workdir, env), start(BARE_APP, ports["bare"], workdir, env)]
         try:
-            for name, port in ports.items():  # warm up every worker
+            for port in ports.values():  # warm up every worker
                 load(port, payload, 40, 4)
             print(f"body {len(payload) / 1024:.0f} KB; gunicorn gthread, {os.cpu_count()} workers x 4 threads; {args.rounds} rounds")
             print(f"{'c':>3} {'endpoint':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")

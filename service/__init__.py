@@ -19,7 +19,7 @@ from flask_cors import CORS
 from protocol.content import load_content
 from protocol.engine import Engine
 from service.auth import Authenticator, ReplayCache, TrustedClient, load_clients
-from service.config import ConfigError, Settings
+from service.config import Settings
 from service import logs
 from service.errors import register_error_handlers
 from service.feedback import FeedbackStore

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 

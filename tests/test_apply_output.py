@@ -185,7 +185,7 @@ def test_codes_carry_the_rule_ids(samples):
 
 
 def test_careplans_validate_with_the_r4b_models(samples):
-    for name, careplan in samples.items():
+    for careplan in samples.values():
         CarePlan.model_validate(careplan)
         for resource in careplan["contained"]:
             r4b_model(resource["resourceType"]).model_validate(resource)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -91,7 +90,7 @@ def test_unknown_artifacts_are_404_operation_outcomes(client, path):
 def test_search_by_each_parameter(client, engine):
     valueset = engine.content.get("ValueSet", "maoi")
     for query in (f"url={valueset['url']}", f"url={valueset['url']}|{valueset['version']}", "_id=maoi", f"name={valueset['name']}",
-                  f"_id=maoi,cyclobenzaprine&status=active"):
+                  "_id=maoi,cyclobenzaprine&status=active"):
         answer = client.get(f"/fhir/ValueSet?{query}")
         assert answer.status_code == 200 and answer.json["type"] == "searchset"
         assert "maoi" in [e["resource"]["id"] for e in answer.json["entry"]], query

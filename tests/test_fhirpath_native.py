@@ -708,7 +708,6 @@ def test_choice_types_come_from_the_model():
 
 
 def test_native_expressions_reuse_results_of_the_fhirpathpy_evaluator_through_node():
-    ctx = semantics.make_ctx()
     resources = [STRICT.node(r) for r in (semantics.CONDITION, semantics.OBSERVATION)]
     assert run(STRICT, "%r.ofType(Observation).value.ofType(Quantity).value", {"r": resources}) == [7.5]
 

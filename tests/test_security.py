@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import logging
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
