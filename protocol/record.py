@@ -90,13 +90,13 @@ class Record:
     # -- retrieve ----------------------------------------------------------------------------------
     def retrieve(self, requirement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Resources that meet a DataRequirement: its type, every codeFilter (ValueSet or codes) and every dateFilter."""
-        rtype = requirement.get("type", "")
-        filters = requirement.get("codeFilter") or []
-        dates = requirement.get("dateFilter") or []
-        key = (rtype, repr([(f.get("path"), f.get("valueSet"), str(f.get("code"))) for f in filters]), repr(dates))
+        key = id(requirement)  # requirements are the loaded content's own objects: one entry each per request
         cached = self._retrieved.get(key)
         if cached is not None:
             return cached
+        rtype = requirement.get("type", "")
+        filters = requirement.get("codeFilter") or []
+        dates = requirement.get("dateFilter") or []
         candidates = self.of_type(rtype)
         for code_filter in filters:
             candidates = self._filter(rtype, code_filter, candidates)
@@ -123,13 +123,14 @@ class Record:
         return None
 
     def _filter(self, rtype: str, code_filter: Mapping[str, Any], candidates: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        wanted: set = set()
+        wanted: frozenset = frozenset()
         if code_filter.get("valueSet"):
             url = split_canonical(code_filter["valueSet"])[0]
-            wanted |= self.terminology.codes(url) if url in self.terminology else set()
-        for coding in code_filter.get("code") or []:
-            wanted.add((coding.get("system"), coding.get("code")))
-        keep = {id(r) for r, codes in self._codes_at(rtype, code_filter.get("path") or "code") if codes & wanted}
+            wanted = self.terminology.codes(url) if url in self.terminology else frozenset()
+        listed = code_filter.get("code") or []
+        if listed:
+            wanted = wanted | {(coding.get("system"), coding.get("code")) for coding in listed if isinstance(coding, dict)}
+        keep = {id(r) for r, codes in self._codes_at(rtype, code_filter.get("path") or "code") if codes and not codes.isdisjoint(wanted)}
         return [r for r in candidates if id(r) in keep]
 
     def _codes_at(self, rtype: str, path: str) -> list[tuple[Mapping[str, Any], frozenset]]:
