@@ -24,7 +24,7 @@ class Record:
         self.outcomes: list[Mapping[str, Any]] = []
         self._by_ref: dict[str, Mapping[str, Any]] = {}
         self._container: dict[int, Mapping[str, Any]] = {}
-        self._retrieved: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+        self._retrieved: dict[int, tuple[Mapping[str, Any], list[Mapping[str, Any]]]] = {}
         self._codes: dict[tuple[str, str], list[tuple[Mapping[str, Any], frozenset]]] = {}
         for resource, full_url in _flatten(resources):
             self._add(resource, full_url)
@@ -90,10 +90,10 @@ class Record:
     # -- retrieve ----------------------------------------------------------------------------------
     def retrieve(self, requirement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Resources that meet a DataRequirement: its type, every codeFilter (ValueSet or codes) and every dateFilter."""
-        key = id(requirement)  # requirements are the loaded content's own objects: one entry each per request
+        key = id(requirement)  # the entry keeps the requirement alive, so its id cannot be reused while cached
         cached = self._retrieved.get(key)
         if cached is not None:
-            return cached
+            return cached[1]
         rtype = requirement.get("type", "")
         filters = requirement.get("codeFilter") or []
         dates = requirement.get("dateFilter") or []
@@ -105,7 +105,7 @@ class Record:
             if window is not None:
                 path = (date_filter.get("path") or "").split(".")
                 candidates = [r for r in candidates if any(_overlaps(_span(v), window) for v in _values_at(r, path))]
-        self._retrieved[key] = candidates
+        self._retrieved[key] = (requirement, candidates)
         return candidates
 
     def _window(self, date_filter: Mapping[str, Any]) -> tuple[datetime, datetime] | None:

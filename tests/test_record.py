@@ -1,0 +1,71 @@
+"""Retrieval from a patient's record: type, ValueSet and code filters, date windows, and the per-request cache."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from protocol.content import load_content
+from protocol.record import Record
+from tests.patients import CLOCK, HEART_FAILURE, ICD, SPASM_ICD, SPASM_SCT, concept, when
+
+SPASM_VS = "http://example.org/fhir/back-spasm-cds/ValueSet/back-muscle-spasm"
+
+
+@pytest.fixture(scope="module")
+def terminology():
+    return load_content().terminology
+
+
+def condition(cid: str, code: tuple[str, str, str], days_ago: float) -> dict:
+    return {"resourceType": "Condition", "id": cid, "subject": {"reference": "Patient/p"}, "code": concept(code),
+            "onsetDateTime": when(days_ago=days_ago)}
+
+
+@pytest.fixture()
+def record(terminology) -> Record:
+    data = [{"resourceType": "Patient", "id": "p"},
+            condition("spasm-sct", SPASM_SCT, 3), condition("spasm-icd", SPASM_ICD, 40), condition("hf", HEART_FAILURE, 400),
+            {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": condition("spasm-sct", SPASM_SCT, 3)}]}]
+    return Record.from_data(data, terminology, CLOCK)
+
+
+def ids(resources) -> list[str]:
+    return sorted(r["id"] for r in resources)
+
+
+def test_a_valueset_filter_keeps_codings_of_either_system(record):
+    found = record.retrieve({"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}]})
+    assert ids(found) == ["spasm-icd", "spasm-sct"]
+
+
+def test_listed_codes_filter_without_a_valueset(record):
+    found = record.retrieve({"type": "Condition", "codeFilter": [{"path": "code", "code": [{"system": ICD, "code": "M62.830"}]}]})
+    assert ids(found) == ["spasm-icd"]
+
+
+def test_a_date_window_back_from_the_clock(record):
+    requirement = {"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}],
+                   "dateFilter": [{"path": "onset", "valueDuration": {"value": 7, "unit": "days", "system": "http://unitsofmeasure.org", "code": "d"}}]}
+    assert ids(record.retrieve(requirement)) == ["spasm-sct"]
+
+
+def test_a_type_without_filters_gives_every_resource_of_it_once(record):
+    assert ids(record.retrieve({"type": "Condition"})) == ["hf", "spasm-icd", "spasm-sct"]
+
+
+def test_requirements_made_and_dropped_one_after_another_never_share_an_answer(record):
+    """The cache is keyed by the requirement object: a dropped requirement's id must not answer for a new one."""
+    assert len(record.retrieve({"type": "Condition"})) == 3
+    assert record.retrieve({"type": "MedicationRequest"}) == []
+    answers = []
+    for code in ("M62.830", "I50.9", "M62.830", "I50.9"):
+        answers.append(ids(record.retrieve({"type": "Condition", "codeFilter": [{"path": "code", "code": [{"system": ICD, "code": code}]}]})))
+        gc.collect()
+    assert answers == [["spasm-icd"], [], ["spasm-icd"], []]
+
+
+def test_the_same_requirement_twice_is_answered_from_the_cache(record):
+    requirement = {"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}]}
+    assert record.retrieve(requirement) is record.retrieve(requirement)
