@@ -7,10 +7,11 @@ the $apply context; status is draft and intent is the definition's (proposal for
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from protocol.jsondata import copy_json
 
 Json = dict[str, Any]
 
@@ -32,13 +33,13 @@ class RequestContext:
 def _timing(definition: Mapping[str, Any], prefix: str, out: Json) -> None:
     for key, value in definition.items():
         if key.startswith("timing") and key != "timing":
-            out[prefix + key[len("timing"):]] = copy.deepcopy(value)
+            out[prefix + key[len("timing"):]] = copy_json(value)
 
 
 def _copy(definition: Mapping[str, Any], out: Json, *pairs: tuple[str, str]) -> None:
     for source, target in pairs:
         if source in definition:
-            out[target] = copy.deepcopy(definition[source])
+            out[target] = copy_json(definition[source])
 
 
 def _service_request(definition: Mapping[str, Any], out: Json) -> None:
@@ -50,15 +51,15 @@ def _service_request(definition: Mapping[str, Any], out: Json) -> None:
 def _medication_request(definition: Mapping[str, Any], out: Json) -> None:
     for key, value in definition.items():
         if key.startswith("product"):
-            out["medication" + key[len("product"):]] = copy.deepcopy(value)
+            out["medication" + key[len("product"):]] = copy_json(value)
     _copy(definition, out, ("priority", "priority"), ("doNotPerform", "doNotPerform"), ("dosage", "dosageInstruction"))
     if "quantity" in definition:
-        out.setdefault("dispenseRequest", {})["quantity"] = copy.deepcopy(definition["quantity"])
+        out.setdefault("dispenseRequest", {})["quantity"] = copy_json(definition["quantity"])
 
 
 def _communication_request(definition: Mapping[str, Any], out: Json) -> None:
     if "code" in definition:
-        out["category"] = [copy.deepcopy(definition["code"])]
+        out["category"] = [copy_json(definition["code"])]
     text = (definition.get("code") or {}).get("text") or definition.get("description")
     if text:
         out["payload"] = [{"contentString": text}]
@@ -68,7 +69,7 @@ def _communication_request(definition: Mapping[str, Any], out: Json) -> None:
 
 def _device_request(definition: Mapping[str, Any], out: Json) -> None:
     if "code" in definition:
-        out["codeCodeableConcept"] = copy.deepcopy(definition["code"])
+        out["codeCodeableConcept"] = copy_json(definition["code"])
     _copy(definition, out, ("priority", "priority"))
     _timing(definition, "occurrence", out)
 

@@ -11,7 +11,6 @@ index, and evaluates each named variable at most once, and only if an expression
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 from protocol.activity import RequestContext, UnsupportedKind, new_request
 from protocol.content import Content
 from protocol.fhirpath import CompiledExpression, EvaluationContext, Evaluator, FhirPathEvaluationError, default_evaluator
+from protocol.jsondata import copy_json
 from protocol.logic import STANDARD_VARIABLES, variables_of
 from protocol.paths import PathError, PathPlan, plan_path
 from protocol.record import Record
@@ -525,7 +525,7 @@ class Engine:
         for compiled in [d.value for d in activity.dynamic if d.plan is None] + roots:
             found = session.json(session.evaluate(compiled, scope, extra_env))
             if found and isinstance(found[0], dict) and found[0].get("resourceType") == definition["kind"]:
-                base = copy.deepcopy(found[0])
+                base = copy_json(found[0])
                 break
         if base is None and roots:
             session.report("warning", "not-found", f"{where}: the resource to change was not found: action has no resource", where)
@@ -549,7 +549,7 @@ class Engine:
             return
         head = dynamic.plan.steps[0].name
         if head in target and isinstance(target[head], (dict, list)):
-            target[head] = copy.deepcopy(target[head])
+            target[head] = copy_json(target[head])
         try:
             dynamic.plan.set(target, session.json(raw), [self.evaluator.type_name(item) for item in raw])
         except PathError as exc:

@@ -11,12 +11,12 @@ that carries its text, the way the CPG "communicate" activities do.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from protocol.engine import AppliedAction, ApplyResult, Issue, _instant, canonical_of, new_id
+from protocol.jsondata import copy_json
 
 Json = dict[str, Any]
 CQF_MESSAGES = "http://hl7.org/fhir/StructureDefinition/cqf-messages"
@@ -198,7 +198,7 @@ def bundle_r5(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Js
 
 def _request_r5(resource: Json) -> Json:
     """The few R4 request elements that changed shape in R5."""
-    out = copy.deepcopy(resource)
+    out = copy_json(resource)
     if out.get("resourceType") == "MedicationRequest":
         for key in ("medicationCodeableConcept", "medicationReference"):
             if key in out:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from protocol.terminology import Terminology, codes_of, split_canonical
+from protocol.terminology import Terminology, codes_of, concept_in, index_codes, split_canonical
 
 
 class Record:
@@ -25,7 +25,7 @@ class Record:
         self._by_ref: dict[str, Mapping[str, Any]] = {}
         self._container: dict[int, Mapping[str, Any]] = {}
         self._retrieved: dict[int, tuple[Mapping[str, Any], list[Mapping[str, Any]]]] = {}
-        self._codes: dict[tuple[str, str], list[tuple[Mapping[str, Any], frozenset]]] = {}
+        self._codes: dict[tuple[int, str], tuple[Mapping[str, Any], frozenset]] = {}
         for resource, full_url in _flatten(resources):
             self._add(resource, full_url)
 
@@ -99,6 +99,8 @@ class Record:
         dates = requirement.get("dateFilter") or []
         candidates = self.of_type(rtype)
         for code_filter in filters:
+            if not candidates:
+                break
             candidates = self._filter(rtype, code_filter, candidates)
         for date_filter in dates:
             window = self._window(date_filter)
@@ -123,22 +125,39 @@ class Record:
         return None
 
     def _filter(self, rtype: str, code_filter: Mapping[str, Any], candidates: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        wanted: frozenset = frozenset()
+        """The candidates with a code at the filter's path in its ValueSet or among its listed codes."""
+        wanted: dict[str, frozenset[str]] = {}
         if code_filter.get("valueSet"):
             url = split_canonical(code_filter["valueSet"])[0]
-            wanted = self.terminology.codes(url) if url in self.terminology else frozenset()
+            wanted = self.terminology.code_index(url) if url in self.terminology else {}
         listed = code_filter.get("code") or []
         if listed:
-            wanted = wanted | {(coding.get("system"), coding.get("code")) for coding in listed if isinstance(coding, dict)}
-        keep = {id(r) for r, codes in self._codes_at(rtype, code_filter.get("path") or "code") if codes and not codes.isdisjoint(wanted)}
-        return [r for r in candidates if id(r) in keep]
+            pairs = {(coding.get("system"), coding.get("code")) for coding in listed if isinstance(coding, dict)}
+            wanted = index_codes({(s, c) for s, c in pairs if isinstance(s, str) and isinstance(c, str)}
+                                 | {(s, c) for c, systems in wanted.items() for s in systems})
+        if not wanted:
+            return []
+        path = code_filter.get("path") or "code"
+        return [r for r in candidates if self._has_code(r, path, wanted)]
 
-    def _codes_at(self, rtype: str, path: str) -> list[tuple[Mapping[str, Any], frozenset]]:
-        """(resource, its codes at path) for every resource of the type, computed once per request."""
-        key = (rtype, path)
-        if key not in self._codes:
-            self._codes[key] = [(r, frozenset(self._codes_of_element(r, path))) for r in self.of_type(rtype)]
-        return self._codes[key]
+    def _has_code(self, resource: Mapping[str, Any], path: str, wanted: Mapping[str, frozenset[str]]) -> bool:
+        """Whether the element at path holds a wanted code: CodeableConcepts are read in place, anything else
+        (a choice element, a Reference to a Medication, a dotted path) through its codes, worked out once."""
+        value = resource.get(path)
+        if value is None:
+            value = resource.get(path + "CodeableConcept")  # a choice element holds one type only
+        if type(value) is dict and "coding" in value:
+            return concept_in(value, wanted)
+        if type(value) is list and all(type(v) is dict and "coding" in v for v in value):
+            for concept in value:
+                if concept_in(concept, wanted):
+                    return True
+            return False
+        key = (id(resource), path)
+        codes = self._codes.get(key)
+        if codes is None:
+            codes = self._codes[key] = (resource, frozenset(self._codes_of_element(resource, path)))
+        return any(code in wanted and system in wanted[code] for system, code in codes[1])
 
     def _codes_of_element(self, resource: Mapping[str, Any], path: str) -> set:
         """Codes at a simple path; a choice element is read under any type, and a Reference through its target's code."""

@@ -31,6 +31,32 @@ def codes_of(value: Any) -> set[Code]:
     return {(c["system"], c["code"]) for c in codings_of(value) if isinstance(c.get("system"), str) and isinstance(c.get("code"), str)}
 
 
+def index_codes(codes: Iterable[Code]) -> dict[str, frozenset[str]]:
+    """(system, code) pairs as code -> the systems it is listed under."""
+    index: dict[str, set[str]] = {}
+    for system, code in codes:
+        index.setdefault(code, set()).add(system)
+    return {code: frozenset(systems) for code, systems in index.items()}
+
+
+def concept_in(value: Any, index: Mapping[str, frozenset[str]]) -> bool:
+    """True when a Coding or CodeableConcept dict has a coding whose code and system are in the index."""
+    codings = value.get("coding")
+    if codings is None:
+        codings = (value,)
+    elif type(codings) is not list:
+        return False
+    for coding in codings:
+        if type(coding) is dict:
+            code = coding.get("code")
+            if type(code) is str:
+                systems = index.get(code)
+                system = coding.get("system")
+                if systems is not None and type(system) is str and system in systems:
+                    return True
+    return False
+
+
 class Terminology:
     """The codes of each ValueSet of the content, by canonical url (with or without ``|version``)."""
 
@@ -38,8 +64,10 @@ class Terminology:
         resources = {vs["url"]: vs for vs in valuesets if vs.get("url")}
         self._versions = {url: vs.get("version") for url, vs in resources.items()}
         self._codes: dict[str, frozenset[Code]] = {}
+        self._by_code: dict[str, dict[str, frozenset[str]]] = {}
         for url in resources:
             self._codes[url] = frozenset(self._expand(url, resources, ()))
+            self._by_code[url] = index_codes(self._codes[url])
 
     @staticmethod
     def _expand(url: str, resources: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> set[Code]:
@@ -74,6 +102,11 @@ class Terminology:
         """Every (system, code) of the ValueSet; KeyError when it is not loaded."""
         url, _ = split_canonical(canonical)
         return self._codes[url]
+
+    def code_index(self, canonical: str) -> dict[str, frozenset[str]]:
+        """The ValueSet's codes as code -> systems, so a coding is tested without building a pair; KeyError when not loaded."""
+        url, _ = split_canonical(canonical)
+        return self._by_code[url]
 
     def member_of(self, value: Any, canonical: str) -> bool:
         """True when a coding of the Coding/CodeableConcept is in the ValueSet (matched on system and code only)."""

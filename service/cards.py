@@ -16,7 +16,6 @@ from the applied actions and the artifacts they came from.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 from protocol.content import Content
 from protocol.engine import AppliedAction, ApplyResult
+from protocol.jsondata import copy_json
 from protocol.output import careplan_r4
 
 Json = dict[str, Any]
@@ -248,7 +248,7 @@ class CardBuilder:
             return {"type": "delete", "description": description, "resourceId": reference} if reference else None
         if action.resource is None:
             return None
-        resource = copy.deepcopy(action.resource)
+        resource = copy_json(action.resource)
         if kind == "create":
             resource.pop("id", None)
         return {"type": kind, "description": description, "resource": resource}

@@ -8,7 +8,7 @@ import pytest
 
 from protocol.content import load_content
 from protocol.record import Record
-from tests.patients import CLOCK, HEART_FAILURE, ICD, SPASM_ICD, SPASM_SCT, concept, when
+from tests.patients import CLOCK, HEART_FAILURE, ICD, PHENELZINE, PT_PROCEDURE, SERTRALINE, SPASM_ICD, SPASM_SCT, concept, when
 
 SPASM_VS = "http://example.org/fhir/back-spasm-cds/ValueSet/back-muscle-spasm"
 
@@ -69,3 +69,36 @@ def test_requirements_made_and_dropped_one_after_another_never_share_an_answer(r
 def test_the_same_requirement_twice_is_answered_from_the_cache(record):
     requirement = {"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}]}
     assert record.retrieve(requirement) is record.retrieve(requirement)
+
+
+PT_VS = "http://example.org/fhir/back-spasm-cds/ValueSet/physical-therapy"
+MAOI_VS_URL = "http://example.org/fhir/back-spasm-cds/ValueSet/maoi"
+
+
+def test_a_list_of_concepts_matches_on_any_of_them(terminology):
+    encounters = [{"resourceType": "Encounter", "id": "pt", "type": [concept(HEART_FAILURE), concept(PT_PROCEDURE)]},
+                  {"resourceType": "Encounter", "id": "other", "type": [concept(HEART_FAILURE)]},
+                  {"resourceType": "Encounter", "id": "none", "type": []}]
+    record = Record.from_data(encounters, terminology, CLOCK)
+    assert ids(record.retrieve({"type": "Encounter", "codeFilter": [{"path": "type", "valueSet": PT_VS}]})) == ["pt"]
+
+
+def test_a_medication_matches_in_place_or_through_its_reference(terminology):
+    """medication[x] is read as medicationCodeableConcept, or through medicationReference to a Medication's code."""
+    data = [{"resourceType": "MedicationRequest", "id": "inline", "medicationCodeableConcept": concept(PHENELZINE)},
+            {"resourceType": "MedicationRequest", "id": "by-ref", "medicationReference": {"reference": "Medication/m1"}},
+            {"resourceType": "MedicationRequest", "id": "contained", "medicationReference": {"reference": "#m2"},
+             "contained": [{"resourceType": "Medication", "id": "m2", "code": concept(PHENELZINE)}]},
+            {"resourceType": "MedicationRequest", "id": "ssri", "medicationCodeableConcept": concept(SERTRALINE)},
+            {"resourceType": "Medication", "id": "m1", "code": concept(PHENELZINE)}]
+    record = Record.from_data(data, terminology, CLOCK)
+    found = record.retrieve({"type": "MedicationRequest", "codeFilter": [{"path": "medication", "valueSet": MAOI_VS_URL}]})
+    assert ids(found) == ["by-ref", "contained", "inline"]
+
+
+def test_malformed_codings_are_skipped_not_raised(terminology):
+    broken = [{"resourceType": "Condition", "id": "c1", "code": {"coding": [{"system": ["x"], "code": {"a": 1}}, {"system": ["x"], "code": "M62.830"}, "text", None]}},
+              {"resourceType": "Condition", "id": "c2", "code": {"coding": {"system": ICD, "code": "M62.830"}}},
+              {"resourceType": "Condition", "id": "c3", "code": {"coding": [{"system": ICD, "code": ["M62.830"]}, concept(SPASM_ICD)["coding"][0]]}}]
+    record = Record.from_data(broken, terminology, CLOCK)
+    assert ids(record.retrieve({"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}]})) == ["c3"]
