@@ -112,18 +112,23 @@ class PrefetchReport:
 
 def failed(value: Any) -> bool:
     """A prefetch value that reports an error rather than data: an OperationOutcome, or a Bundle holding only errors."""
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return False
     if value.get("resourceType") == "OperationOutcome":
         return True
-    if value.get("resourceType") == "Bundle":
-        raw = value.get("entry")
-        entries = [e.get("resource") for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
-        outcomes = [r for r in entries if isinstance(r, Mapping) and r.get("resourceType") == "OperationOutcome"]
-        errors = [o for o in outcomes if isinstance(o.get("issue"), list)
-                  and any(isinstance(i, Mapping) and i.get("severity") in ("error", "fatal") for i in o["issue"])]
-        return bool(errors) and len(errors) == len(entries)
-    return False
+    if value.get("resourceType") != "Bundle" or not isinstance(value.get("entry"), list):
+        return False
+    entries = [entry for entry in value["entry"] if isinstance(entry, dict)]
+    for entry in entries:  # stops at the first entry that is not an error outcome: a Bundle with data is not a failure
+        resource = entry.get("resource")
+        if not (isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome" and _reports_error(resource)):
+            return False
+    return bool(entries)
+
+
+def _reports_error(outcome: dict[str, Any]) -> bool:
+    issues = outcome.get("issue")
+    return isinstance(issues, list) and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in issues)
 
 
 class FhirFetcher:
@@ -248,14 +253,14 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _resources(data: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
+def _resources(data: Iterable[Any]) -> Iterable[dict[str, Any]]:
     for value in data:
-        if isinstance(value, Mapping) and value.get("resourceType") == "Bundle":
+        if isinstance(value, dict) and value.get("resourceType") == "Bundle":
             entries = value.get("entry")
             for entry in entries if isinstance(entries, list) else []:
-                if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                     yield entry["resource"]
-        elif isinstance(value, Mapping):
+        elif isinstance(value, dict):
             yield value
 
 
@@ -264,11 +269,12 @@ def _unresolved_medications(data: list[Any]) -> set[str]:
     wanted = set()
     known = set()
     for resource in _resources(data):
-        if resource.get("resourceType") == "Medication":
-            known.add(f"Medication/{resource.get('id')}")
+        if "medicationReference" not in resource:
+            if resource.get("resourceType") == "Medication":
+                known.add(f"Medication/{resource.get('id')}")
             continue
-        reference = resource.get("medicationReference")
-        ref = reference.get("reference") if isinstance(reference, Mapping) else None
+        reference = resource["medicationReference"]
+        ref = reference.get("reference") if isinstance(reference, dict) else None
         if isinstance(ref, str) and not ref.startswith("#"):
             relative = "/".join(ref.split("/_history/")[0].rstrip("/").split("/")[-2:])
             if relative.startswith("Medication/"):

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from werkzeug.wrappers import Response
 
+from service.prefetch import failed
+
 from tests.patients import (
     CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, SERTRALINE, TENS_DEVICE, Patient,
 )
@@ -397,3 +399,26 @@ def test_prefetch_for_helper_matches_the_templates(app):
     """Guard for the tests above: the helper fills exactly the advertised keys."""
     patient = example_12()
     assert set(prefetch_for(app, PATIENT_VIEW, patient.resources)) == set(templates(app, PATIENT_VIEW))
+
+
+ERROR = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+WARNING = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "incomplete"}]}
+CONDITION = {"resourceType": "Condition", "id": "c1"}
+
+
+@pytest.mark.parametrize("value, is_failure", [
+    (ERROR, True),
+    ({"resourceType": "Bundle", "entry": [{"resource": ERROR}, {"resource": ERROR}]}, True),
+    ({"resourceType": "Bundle", "entry": ["junk", {"resource": ERROR}]}, True),
+    ({"resourceType": "Bundle", "entry": [{"resource": CONDITION}, {"resource": ERROR}]}, False),
+    ({"resourceType": "Bundle", "entry": [{"resource": ERROR}, {"resource": CONDITION}]}, False),
+    ({"resourceType": "Bundle", "entry": [{"resource": WARNING}]}, False),
+    ({"resourceType": "Bundle", "entry": [{"resource": ERROR}, {"fullUrl": "urn:x"}]}, False),
+    ({"resourceType": "Bundle", "entry": []}, False),
+    ({"resourceType": "Bundle"}, False),
+    (CONDITION, False),
+    (None, False),
+])
+def test_only_values_that_hold_nothing_but_errors_count_as_failed(value, is_failure):
+    """An error outcome, or a Bundle of error outcomes only, is read again; a Bundle with any data is used as sent."""
+    assert failed(value) is is_failure
