@@ -6,7 +6,11 @@ endpoint is a Flask route that parses the same body with orjson and answers ``{}
 processes with keep-alive connections, each sending requests back to back; both servers get the same
 number of requests at the same concurrency, alternating in rounds so drift on the machine hits both.
 
-    python bench/http.py [--requests 400] [--concurrency 1,4] [--rounds 3]
+With ``--split`` a third server runs the service with its $apply replaced by a replay of the first answer
+(``no-engine``): everything else (parsing, checks, prefetch, cards, the durable card record, auth, CORS,
+logs) still runs, so the gap between it and the service is the protocol's own cost.
+
+    python bench/http.py [--requests 400] [--concurrency 1,4] [--rounds 3] [--split]
 """
 
 from __future__ import annotations
@@ -54,6 +58,18 @@ app = create_app(Settings.load(), clock=lambda: datetime(2026, 11, 25, 10, 0, tz
 gc.collect()
 gc.freeze()
 '''
+
+
+NO_ENGINE_APP = SERVICE_APP.replace("gc.collect()", """import service.hooks
+_apply, _first = service.hooks.run_calls, []
+
+def replay(engine, calls, now):
+    if not _first:
+        _first.append(_apply(engine, calls, now))
+    return _first[0]
+
+service.hooks.run_calls = replay
+gc.collect()""")
 
 
 def free_port() -> int:
@@ -146,18 +162,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per server per round and concurrency")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--split", action="store_true", help="also measure the service with $apply replayed (no-engine)")
     args = parser.parse_args()
     payload = body()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         env = dict(os.environ, PYTHONPATH=str(ROOT), BACK_SPASM_CDS_DATABASE=str(workdir / "bench.sqlite"), BACK_SPASM_CDS_LOG_LEVEL="WARNING")
-        ports = {"service": free_port(), "bare": free_port()}
-        servers = [start(SERVICE_APP, ports["service"], workdir, env), start(BARE_APP, ports["bare"], workdir, env)]
+        apps = {"service": SERVICE_APP, "bare": BARE_APP} | ({"no-engine": NO_ENGINE_APP} if args.split else {})
+        ports = {name: free_port() for name in apps}
+        servers = [start(apps[name], port, workdir, env) for name, port in ports.items()]
         try:
             for port in ports.values():  # warm up every worker
                 load(port, payload, 40, 4)
             print(f"body {len(payload) / 1024:.0f} KB; gunicorn gthread, {os.cpu_count()} workers x 4 threads; {args.rounds} rounds")
-            print(f"{'c':>3} {'endpoint':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+            print(f"{'c':>3} {'endpoint':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 collected = {name: ([], []) for name in ports}
                 for _ in range(args.rounds):
@@ -168,9 +186,12 @@ def main() -> None:
                 summary = {}
                 for name, (timings, rates) in collected.items():
                     summary[name] = (statistics.median(timings) * 1000, percentile(timings, 0.99) * 1000, statistics.mean(rates))
-                    print(f"{concurrency:>3} {name:>8} {summary[name][0]:>8.2f} {summary[name][1]:>8.2f} {summary[name][2]:>7.0f}")
-                s, b = summary["service"], summary["bare"]
-                print(f"{concurrency:>3} {'ratio':>8} {s[0] / b[0]:>8.2f} {s[1] / b[1]:>8.2f} {s[2] / b[2]:>7.2f}")
+                    print(f"{concurrency:>3} {name:>11} {summary[name][0]:>8.2f} {summary[name][1]:>8.2f} {summary[name][2]:>7.0f}")
+                b = summary["bare"]
+                for name in (n for n in summary if n != "bare"):
+                    s = summary[name]
+                    label = "ratio" if name == "service" else f"{name}/b"
+                    print(f"{concurrency:>3} {label:>11} {s[0] / b[0]:>8.2f} {s[1] / b[1]:>8.2f} {s[2] / b[2]:>7.2f}")
         finally:
             for server in servers:
                 server.terminate()
