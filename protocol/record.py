@@ -144,8 +144,6 @@ class Record:
         """Whether the element at path holds a wanted code: CodeableConcepts are read in place, anything else
         (a choice element, a Reference to a Medication, a dotted path) through its codes, worked out once."""
         value = resource.get(path)
-        if value is None:
-            value = resource.get(path + "CodeableConcept")  # a choice element holds one type only
         if type(value) is dict and "coding" in value:
             return concept_in(value, wanted)
         if type(value) is list and all(type(v) is dict and "coding" in v for v in value):

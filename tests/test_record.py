@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from protocol.content import load_content
 from protocol.record import Record
@@ -102,3 +104,60 @@ def test_malformed_codings_are_skipped_not_raised(terminology):
               {"resourceType": "Condition", "id": "c3", "code": {"coding": [{"system": ICD, "code": ["M62.830"]}, concept(SPASM_ICD)["coding"][0]]}}]
     record = Record.from_data(broken, terminology, CLOCK)
     assert ids(record.retrieve({"type": "Condition", "codeFilter": [{"path": "code", "valueSet": SPASM_VS}]})) == ["c3"]
+
+
+def test_a_medication_sent_both_inline_and_by_reference_is_matched_on_either(terminology):
+    """Invalid but seen: both medication[x] variants. An MAOI named by either one must not be missed."""
+    data = [{"resourceType": "MedicationRequest", "id": "both", "medicationCodeableConcept": concept(SERTRALINE),
+             "medicationReference": {"reference": "Medication/m1"}},
+            {"resourceType": "Medication", "id": "m1", "code": concept(PHENELZINE)}]
+    record = Record.from_data(data, terminology, CLOCK)
+    assert ids(record.retrieve({"type": "MedicationRequest", "codeFilter": [{"path": "medication", "valueSet": MAOI_VS_URL}]})) == ["both"]
+
+
+
+# -- the in-place reading of codes agrees with the general one ---------------------------------------------
+
+SPASM_CODES = [SPASM_ICD, SPASM_SCT]
+_codings = st.one_of(
+    st.sampled_from(SPASM_CODES + [PHENELZINE, SERTRALINE, HEART_FAILURE, PT_PROCEDURE]).map(lambda c: {"system": c[0], "code": c[1]}),
+    st.sampled_from(SPASM_CODES).map(lambda c: {"system": "http://example.org/other", "code": c[1]}),
+    st.sampled_from(SPASM_CODES).map(lambda c: {"code": c[1]}),
+    st.sampled_from(SPASM_CODES).map(lambda c: {"system": [c[0]], "code": c[1]}),
+    st.just("junk"), st.none(),
+)
+_concepts = st.one_of(
+    st.lists(_codings, max_size=3).map(lambda codings: {"coding": codings}),
+    _codings.filter(lambda c: isinstance(c, dict)),
+    _codings.map(lambda c: {"coding": c}),
+    st.just({"text": "free text"}),
+)
+_values = st.one_of(_concepts, st.lists(_concepts, max_size=2), st.just([]), st.just("code"))
+
+
+@st.composite
+def _resources(draw) -> dict:
+    resource = {"resourceType": draw(st.sampled_from(["Condition", "MedicationRequest", "Encounter"])), "id": f"r{draw(st.integers(0, 10**6))}"}
+    for element in draw(st.lists(st.sampled_from(["code", "type", "medicationCodeableConcept", "medicationReference"]), unique=True)):
+        if element == "medicationReference":
+            resource[element] = {"reference": draw(st.sampled_from(["Medication/m1", "Medication/m2", "#c1"]))}
+            resource["contained"] = [{"resourceType": "Medication", "id": "c1", "code": draw(_concepts)}]
+        else:
+            resource[element] = draw(_values)
+    return resource
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(resources=st.lists(_resources(), max_size=8), medications=st.tuples(_concepts, _concepts))
+def test_retrieve_reads_codes_as_the_general_path_reader_does(terminology, resources, medications):
+    """The fast reading (CodeableConcepts in place) must keep exactly the resources the general reader keeps,
+    whatever the shape: lists, bare Codings, choice elements, references, malformed codings."""
+    data = [*resources, {"resourceType": "Medication", "id": "m1", "code": medications[0]},
+            {"resourceType": "Medication", "id": "m2", "code": medications[1]}]
+    record = Record.from_data(data, terminology, CLOCK)
+    for rtype, path, valueset in [("Condition", "code", SPASM_VS), ("Encounter", "type", SPASM_VS),
+                                  ("MedicationRequest", "medication", MAOI_VS_URL), ("MedicationRequest", "code", SPASM_VS)]:
+        wanted = terminology.codes(valueset)
+        expected = [r for r in record.of_type(rtype) if record._codes_of_element(r, path) & wanted]
+        found = record.retrieve({"type": rtype, "codeFilter": [{"path": path, "valueSet": valueset}]})
+        assert [id(r) for r in found] == [id(r) for r in expected], (rtype, path)
