@@ -269,11 +269,10 @@ def _unresolved_medications(data: list[Any]) -> set[str]:
     wanted = set()
     known = set()
     for resource in _resources(data):
-        if "medicationReference" not in resource:
-            if resource.get("resourceType") == "Medication":
-                known.add(f"Medication/{resource.get('id')}")
+        if resource.get("resourceType") == "Medication":
+            known.add(f"Medication/{resource.get('id')}")
             continue
-        reference = resource["medicationReference"]
+        reference = resource.get("medicationReference")
         ref = reference.get("reference") if isinstance(reference, dict) else None
         if isinstance(ref, str) and not ref.startswith("#"):
             relative = "/".join(ref.split("/_history/")[0].rstrip("/").split("/")[-2:])
