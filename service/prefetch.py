@@ -4,11 +4,15 @@ Templates keep to the query subset CDS Hooks recommends: a Patient read, and typ
 to the patient with token parameters (``code=system|code,...``). A data requirement whose code list
 would make the URL too long is fetched by patient only; the engine filters by code locally anyway.
 
-On a call, what the client prefetched is used as is (``null`` means "no data"); a key that is missing,
-or that came back as an OperationOutcome, is fetched from ``fhirServer`` with the bearer token, inside
-the request's time budget, following searchset pages up to a limit. Medications that orders reference
-but nobody sent are fetched too, so a drug is never missed because it was coded on a Medication resource.
-When data is needed and cannot be had, the call fails with 412.
+On a call, what the client prefetched is used as is (``null`` means "no data"). A key that is missing, or
+whose value is not the whole answer (an OperationOutcome, a searchset holding an error outcome, a first page
+with a ``next`` link), is read from ``fhirServer`` with the bearer token, inside the request's time budget,
+asking for large pages and following them up to a limit. Medications that orders reference but nobody sent
+are fetched too, so a drug is never missed because it was coded on a Medication resource.
+
+Incomplete data is missing data (PROTOCOL.md §4a): a query that cannot be read completely (a ``next`` link
+left after the last page allowed, a page that fails or reports an error, the time budget spent) fails the
+call with 412, never an answer built on part of the record. The 412 names the key and its query template.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ PATIENT_TOKEN = "{{context.patientId}}"
 SEARCH_PARAMETERS = {("MedicationRequest", "medication"): "code", ("MedicationStatement", "medication"): "code",
                      ("MedicationAdministration", "medication"): "code", ("MedicationDispense", "medication"): "code",
                      ("Immunization", "vaccineCode"): "vaccine-code"}
+#: ``_count`` asked of searches read from ``fhirServer``: large pages, so that few are needed.
+PAGE_SIZE = 1000
 
 
 # -- templates ----------------------------------------------------------------------------------------------
@@ -111,24 +117,96 @@ class PrefetchReport:
 
 
 def failed(value: Any) -> bool:
-    """A prefetch value that reports an error rather than data: an OperationOutcome, or a Bundle holding only errors."""
+    """A prefetch value that does not hold the whole answer: an error outcome, a Bundle holding one, or a first page only."""
+    return _problem(value) is not None
+
+
+def _problem(value: Any) -> str | None:
+    """Why a prefetch value counts as missing (a phrase for the 412 answer), or None when it can be used as sent.
+
+    On the path of every supplied value: the ``next`` link is looked at before the entries, and the entries only
+    until the first error outcome.
+    """
     if not isinstance(value, dict):
-        return False
-    if value.get("resourceType") == "OperationOutcome":
-        return True
-    if value.get("resourceType") != "Bundle" or not isinstance(value.get("entry"), list):
-        return False
-    entries = [entry for entry in value["entry"] if isinstance(entry, dict)]
-    for entry in entries:  # stops at the first entry that is not an error outcome: a Bundle with data is not a failure
-        resource = entry.get("resource")
-        if not (isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome" and _reports_error(resource)):
-            return False
-    return bool(entries)
+        return None
+    rtype = value.get("resourceType")
+    if rtype == "OperationOutcome":
+        return "was sent as an OperationOutcome"
+    if rtype != "Bundle":
+        return None
+    if _next_link(value) is not None:
+        return "is incomplete: only its first page was sent (it has a next link)"
+    if _error_entry(value):
+        return "holds an OperationOutcome entry reporting an error"
+    return None
 
 
-def _reports_error(outcome: dict[str, Any]) -> bool:
+def _error_entry(bundle: Mapping[str, Any]) -> bool:
+    """Whether a Bundle has an OperationOutcome entry with an error or fatal issue (warnings are fine)."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return False
+    for entry in entries:
+        if isinstance(entry, dict):
+            resource = entry.get("resource")
+            if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome" and _reports_error(resource):
+                return True
+    return False
+
+
+def _reports_error(outcome: Mapping[str, Any]) -> bool:
     issues = outcome.get("issue")
     return isinstance(issues, list) and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in issues)
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The URL of a Bundle's ``next`` link; "" for a next link without a usable URL; None when there is none."""
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) else ""
+    return None
+
+
+def with_page_size(relative: str, size: int = PAGE_SIZE) -> str:
+    """A search URL asking for ``_count=size`` results a page; reads, and queries that set ``_count``, are unchanged."""
+    rest, hash_, fragment = relative.partition("#")
+    path, question, query = rest.partition("?")
+    if _is_read(path):
+        return relative
+    parameters = [p for p in query.split("&") if p]
+    if any(p.partition("=")[0] == "_count" for p in parameters):
+        return relative
+    return f"{path}?{'&'.join([*parameters, f'_count={size}'])}{hash_}{fragment}"
+
+
+def _is_read(path: str) -> bool:
+    """Whether a relative path reads one resource (``Type/id``, ``Type/id/_history/vid``) rather than searching."""
+    segments = path.strip("/").split("/")
+    if len(segments) == 2:
+        return not segments[1].startswith("_")
+    return len(segments) == 4 and segments[2] == "_history"
+
+
+def query_label(template: str) -> str:
+    """How an error answer names a query: its template (tokens unrendered), long code lists shortened to ``…``."""
+    path, question, query = template.partition("?")
+    if not question:
+        return path
+    parameters = []
+    for parameter in query.split("&"):
+        name, equals, value = parameter.partition("=")
+        if len(value) > 40 and "{{" not in value:
+            value = "…"
+        parameters.append(f"{name}{equals}{value}")
+    return f"{path}?{'&'.join(parameters)}"
+
+
+class ReadFailed(Exception):
+    """A query the FHIR server did not answer completely; the message is safe to send (no data, no URL)."""
 
 
 class FhirFetcher:
@@ -144,6 +222,7 @@ class FhirFetcher:
         self._origin = (origin.scheme, origin.netloc)
 
     def _get(self, url: str) -> dict[str, Any]:
+        """One GET on the FHIR server: a FHIR resource that is not an OperationOutcome, or an exception."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0.05:
             raise TimeoutError("time budget spent")
@@ -155,34 +234,57 @@ class FhirFetcher:
             headers["Authorization"] = f"Bearer {self.token}"
         response = self.session.get(url, headers=headers, timeout=remaining, allow_redirects=False)
         if response.status_code != 200:
-            raise IOError(f"HTTP {response.status_code}")
+            raise ReadFailed(f"HTTP {response.status_code}")
         body = response.json()
         if not isinstance(body, dict) or "resourceType" not in body:
             raise ValueError("not a FHIR resource")
+        if body["resourceType"] == "OperationOutcome":
+            raise ReadFailed("the server answered with an OperationOutcome")
         return body
 
     def read(self, relative: str) -> tuple[Any, int]:
-        """A read or a search (all pages, up to the limit), as the prefetch value would have been."""
-        body = self._get(urljoin(self.base, relative))
+        """A read, or a search with every page (searches ask for large pages), as the prefetch value would have been.
+
+        Anything short of the whole answer raises: a ``next`` link left after ``max_pages`` pages, a page that is
+        not a Bundle, or one with an OperationOutcome entry reporting an error.
+        """
+        body = self._get(urljoin(self.base, with_page_size(relative)))
+        if body["resourceType"] != "Bundle":
+            return body, 1
         pages = 1
-        if body.get("resourceType") != "Bundle":
-            return body, pages
-        entries = list(body.get("entry") or [])
-        while pages < self.max_pages:
-            following = next((link.get("url") for link in body.get("link") or [] if link.get("relation") == "next"), None)
+        entries = self._entries(body, pages)
+        while (following := _next_link(body)) is not None:
             if not following:
-                break
-            body = self._get(following)
+                raise ReadFailed(f"page {pages} has a next link without a URL")
+            if pages >= self.max_pages:
+                raise ReadFailed(f"more than {self.max_pages} pages (a next link is left after the last page read)")
+            body = self._get(urljoin(self.base, following))
             pages += 1
-            entries.extend(body.get("entry") or [])
+            if body["resourceType"] != "Bundle":
+                raise ReadFailed(f"page {pages} is not a Bundle")
+            entries.extend(self._entries(body, pages))
         return {"resourceType": "Bundle", "type": "searchset", "entry": entries}, pages
+
+    @staticmethod
+    def _entries(page: Mapping[str, Any], number: int) -> list[Any]:
+        """The entries of a searchset page; an error outcome among them means the page failed."""
+        entries = page.get("entry")
+        if entries is None:
+            return []
+        if not isinstance(entries, list):
+            raise ValueError("Bundle.entry is not a list")
+        if _error_entry(page):
+            raise ReadFailed(f"page {number} holds an OperationOutcome entry reporting an error")
+        return list(entries)
 
 
 def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: Any, started: float,
            session: requests.Session | None = None, drafts: list[Any] | None = None) -> tuple[list[Any], PrefetchReport]:
     """The data for a call: prefetch as sent, completed from fhirServer; 412 when something needed is missing.
 
-    ``drafts`` (the hook's draft orders) are not returned, but a Medication they reference is fetched too.
+    A supplied value that is an error outcome, holds one, or is only a first page counts as missing: it is read
+    whole from fhirServer with its template. ``drafts`` (the hook's draft orders) are not returned, but a
+    Medication they reference is fetched too. A 412 names each key and its query template, never a rendered URL.
     """
     drafts = drafts or []
     report = PrefetchReport()
@@ -190,22 +292,31 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: A
     context = request.get("context") or {}
     data: list[Any] = []
     missing: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     for key, template in templates.items():
-        if key in supplied and not failed(supplied[key]):
-            if supplied[key] is None:
-                report.empty.append(key)
-            else:
-                report.supplied.append(key)
-                data.append(supplied[key])
-            continue
+        if key in supplied:
+            value = supplied[key]
+            problem = _problem(value)
+            if problem is None:
+                if value is None:
+                    report.empty.append(key)
+                else:
+                    report.supplied.append(key)
+                    data.append(value)
+                continue
+        else:
+            problem = "was not sent"
         url = render(template, context)
         if url is None:
-            raise PreconditionFailed(f"prefetch '{key}' was not sent and its query cannot be built from the context")
+            raise PreconditionFailed(f"prefetch '{key}' {problem} and its query cannot be built from the context",
+                                     details=[f"{key}: {query_label(template)}"])
         missing[key] = url
+        reasons[key] = problem
     server = request.get("fhirServer")
     if not server:
         if missing:
-            raise PreconditionFailed("prefetch missing and no fhirServer to fetch it from", details=[f"missing: {k}" for k in sorted(missing)])
+            raise PreconditionFailed("prefetch data missing or incomplete, and no fhirServer to read it from",
+                                     details=[f"{k} ({query_label(templates[k])}): {reasons[k]}" for k in sorted(missing)])
         unresolved = _unresolved_medications(data + drafts)
         if unresolved:
             raise PreconditionFailed("orders reference medications that were not sent, and there is no fhirServer to read them from",
@@ -216,41 +327,47 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: A
     if missing:
         with ThreadPoolExecutor(max_workers=min(settings.fetch_workers, len(missing))) as pool:
             results = dict(zip(missing, pool.map(lambda url: _try(fetcher.read, url), missing.values())))
-        problems = [f"{key}: {results[key][1]}" for key in sorted(results) if results[key][1] is not None]
+        problems = [f"{key} ({query_label(templates[key])}): {problem}" for key, (_, problem) in sorted(results.items())
+                    if problem is not None]
         if problems:
-            raise PreconditionFailed("prefetch data could not be fetched from the FHIR server", details=problems)
+            raise PreconditionFailed("prefetch data could not be read completely from the FHIR server", details=problems)
         for key, ((value, pages), _) in results.items():
             data.append(value)
             report.fetched.append(key)
             report.pages += pages
     references = _unresolved_medications(data + drafts)
     if references:
-        found = [_try(fetcher.read, ref) for ref in sorted(references)]
-        problems = [ref for ref, (_, problem) in zip(sorted(references), found) if problem is not None]
+        ordered = sorted(references)
+        found = [_try(fetcher.read, ref) for ref in ordered]
+        problems = [f"{ref}: {problem}" for ref, (_, problem) in zip(ordered, found) if problem is not None]
         if problems:
-            raise PreconditionFailed("medications referenced by orders could not be fetched", details=[f"{r}" for r in problems])
+            raise PreconditionFailed("medications referenced by orders could not be read completely", details=problems)
         data.extend(value for (value, _), _ in found)
         report.medications_fetched = len(found)
     return data, report
 
 
 def _try(fn: Any, *args: Any) -> tuple[Any, str | None]:
+    """``fn(*args)`` and None, or None and why it failed (a phrase safe to send: no URL, token or data)."""
     try:
         return fn(*args), None
-    except (requests.RequestException, IOError, ValueError, TimeoutError, PermissionError) as exc:
+    except (ReadFailed, requests.RequestException, OSError, ValueError) as exc:
         return None, _reason(exc)
 
 
 def _reason(exc: Exception) -> str:
+    """A failed request in a few words; exception messages of other libraries can quote the URL, so none is used."""
+    if isinstance(exc, ReadFailed):
+        return str(exc)
     if isinstance(exc, (requests.Timeout, TimeoutError)):
         return "timed out"
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
     if isinstance(exc, PermissionError):
         return "refused a link to another server"
-    if isinstance(exc, ValueError):
+    if isinstance(exc, requests.JSONDecodeError) or (isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException)):
         return "answer was not FHIR JSON"
-    return str(exc) or type(exc).__name__
+    return f"request failed ({type(exc).__name__})"
 
 
 def _resources(data: Iterable[Any]) -> Iterable[dict[str, Any]]:
