@@ -62,11 +62,15 @@ def _clock(text: str | None) -> datetime:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Apply the protocol to a Bundle of patient data or to a CDS Hooks request body; print the result."""
+    """Apply the protocol to a Bundle of patient data or to a CDS Hooks request body; print the result.
+
+    Exit 2 for a request that names a draft order of another patient (a request error, as the service's 400),
+    1 for any other call that cannot be made.
+    """
     from protocol.content import read_json
     from protocol.engine import ApplyError, Engine
     from protocol.output import bundle_r5, careplan_r4
-    from protocol.requests import calls_for_bundle, calls_for_hook, is_hook_request, run_calls
+    from protocol.requests import DraftForAnotherPatient, calls_for_bundle, calls_for_hook, is_hook_request, run_calls
 
     data = read_json(args.data)
     engine = Engine(load_content(args.content))
@@ -75,6 +79,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.plan:
             calls = [c for c in calls if c.plan == args.plan or engine.plan(args.plan).resource["id"] == c.plan]
         results = run_calls(engine, calls, _clock(args.at))
+    except DraftForAnotherPatient as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ApplyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -269,6 +269,7 @@ class ApplyResult:
     now: datetime
     actions: list[AppliedAction]
     issues: list[Issue]
+    ignored_resources: int = 0
 
 
 # ---------------------------------------------------------------------------------- the engine
@@ -396,8 +397,10 @@ class Engine:
         if not subject:
             raise ApplyError("a subject is required")
         parameter_resources = [v for v in (parameters or {}).values() if v is not None]
-        record = Record.from_data([data, parameter_resources], self.content.terminology, now)
+        record = Record.from_data([data, parameter_resources], self.content.terminology, now, subject)
         session = Session(self, record, now, parameters)
+        if record.ignored:
+            session.report("information", "informational", _ignored_message(record.ignored))
         for outcome in record.outcomes:
             for issue in outcome.get("issue") or []:
                 session.report("warning", "incomplete", f"input OperationOutcome: {issue.get('diagnostics') or issue.get('code')}")
@@ -443,7 +446,8 @@ class Engine:
             scope.define_variable(name, compiled)
         actions = self._apply_actions(plan.actions, scope, request, False)
         author = request.practitioner or (f"Organization/{organization}" if organization and "/" not in organization else organization)
-        return ApplyResult(plan.resource, request.subject or "", request.encounter, author, now, actions, session.issues)
+        return ApplyResult(plan.resource, request.subject or "", request.encounter, author, now, actions, session.issues,
+                           session.record.ignored)
 
     def apply_activity(self, activity_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
                        practitioner: str | None = None, parameters: Mapping[str, Any] | None = None) -> tuple[Json | None, list[Issue]]:
@@ -554,6 +558,13 @@ class Engine:
             dynamic.plan.set(target, session.json(raw), [self.evaluator.type_name(item) for item in raw])
         except PathError as exc:
             session.report("error", "processing", f"{where}: dynamicValue {dynamic.path}: {exc}", where)
+
+
+def _ignored_message(count: int) -> str:
+    """The result's note on other patients' resources left out: a count, never an id."""
+    if count == 1:
+        return "1 resource of another patient was ignored"
+    return f"{count} resources of other patients were ignored"
 
 
 def _instant(now: datetime) -> str:

@@ -3,6 +3,10 @@
 Input is plain JSON as a CDS client sends it: resources, searchset or collection Bundles (possibly with
 OperationOutcome entries and `next` links), ``None`` for "no data", nested in any mix. Nothing here parses
 with pydantic: the hot path stays on dicts.
+
+Only the subject's data is indexed (PROTOCOL.md §1, "Only this patient's data"): when the record is built for a
+subject, a resource whose ``subject`` or ``patient`` names another patient, and any other Patient, is left out
+before any rule can see it (neither by type nor by reference), and only counted (``ignored``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from protocol.terminology import Terminology, codes_of, concept_in, index_codes,
 
 
 class Record:
-    """Resources of one patient, deduplicated by ``Type/id``, with the lookups the engine needs."""
+    """Resources of one patient, deduplicated by ``Type/id``, with the lookups the engine needs.
 
-    def __init__(self, resources: Iterable[Mapping[str, Any]], terminology: Terminology, now: datetime | None = None):
+    With a ``subject`` (``Patient/id`` or the id), other patients' resources are left out and counted in
+    ``ignored`` (each distinct ``Type/id`` once); without one, everything supplied is kept.
+    """
+
+    def __init__(self, resources: Iterable[Mapping[str, Any]], terminology: Terminology, now: datetime | None = None,
+                 subject: str | None = None):
         self.terminology = terminology
         self.now = now
         self.by_type: dict[str, list[Mapping[str, Any]]] = {}
@@ -26,13 +35,33 @@ class Record:
         self._container: dict[int, Mapping[str, Any]] = {}
         self._retrieved: dict[int, tuple[Mapping[str, Any], list[Mapping[str, Any]]]] = {}
         self._codes: dict[tuple[int, str], tuple[Mapping[str, Any], frozenset]] = {}
-        for resource, full_url in _flatten(resources):
-            self._add(resource, full_url)
+        self._ignored: set[str] = set()
+        self._ignored_anonymous = 0
+        items = list(_flatten(resources))
+        scope = SubjectScope(subject, patient_full_urls(items)) if subject else None
+        for resource, full_url in items:
+            if scope is not None and scope.excludes(resource):
+                self._ignore(resource)
+            else:
+                self._add(resource, full_url)
 
     @classmethod
-    def from_data(cls, data: Any, terminology: Terminology, now: datetime | None = None) -> "Record":
-        """Build from any mix of resources, Bundles, lists and CDS Hooks prefetch mappings."""
-        return cls(_as_items(data), terminology, now)
+    def from_data(cls, data: Any, terminology: Terminology, now: datetime | None = None, subject: str | None = None) -> "Record":
+        """Build from any mix of resources, Bundles, lists and CDS Hooks prefetch mappings; with a subject,
+        other patients' resources are left out."""
+        return cls(_as_items(data), terminology, now, subject)
+
+    @property
+    def ignored(self) -> int:
+        """How many resources of other patients were left out (counted once per ``Type/id``)."""
+        return len(self._ignored) + self._ignored_anonymous
+
+    def _ignore(self, resource: Mapping[str, Any]) -> None:
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            self._ignored.add(f"{resource.get('resourceType')}/{rid}")
+        else:
+            self._ignored_anonymous += 1
 
     def _add(self, resource: Mapping[str, Any], full_url: str | None) -> None:
         rtype = resource.get("resourceType")
@@ -170,6 +199,85 @@ class Record:
             else:
                 found |= codes_of(value)
         return found
+
+
+# -- the subject's data only -----------------------------------------------------------------------------
+
+
+def entries_of(data: Any) -> list[tuple[Mapping[str, Any], str | None]]:
+    """Every resource in any mix of resources, Bundles, lists and prefetch mappings, with the fullUrl it came under."""
+    return list(_flatten(_as_items(data)))
+
+
+def patient_full_urls(items: Iterable[tuple[Mapping[str, Any], str | None]]) -> dict[str, str]:
+    """fullUrl -> id of every Patient entry that has both, so a ``urn:uuid`` reference tells which patient it names."""
+    return {full_url: resource["id"] for resource, full_url in items
+            if full_url and resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str)}
+
+
+def _reference_id(reference: str) -> str:
+    """The id in a reference or subject: ``Patient/x``, ``Patient/x/_history/2``, an absolute URL, or a bare id."""
+    return reference.split("/_history/")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+class SubjectScope:
+    """Tells whether a resource belongs to another patient than the subject.
+
+    A ``subject`` or ``patient`` reference names another patient when it is ``Patient/<other>`` (relative,
+    absolute or with ``_history``) or the fullUrl of a Patient entry with another id. A reference that cannot be
+    told (an identifier only, an unknown ``urn:uuid``, a Group, a contained ``#id``) keeps the resource. Each
+    distinct reference string is worked out once, so a resource costs a dict lookup or two.
+    """
+
+    def __init__(self, subject: str, full_urls: Mapping[str, str] | None = None):
+        self.subject_id = _reference_id(subject)
+        self._full_urls = full_urls or {}
+        self._others: dict[str, bool] = {}
+
+    def names_other_patient(self, reference: str) -> bool:
+        """True when the reference string names a patient who is not the subject."""
+        verdict = self._others.get(reference)
+        if verdict is None:
+            verdict = self._others[reference] = self._work_out(reference)
+        return verdict
+
+    def _work_out(self, reference: str) -> bool:
+        patient_id = self._full_urls.get(reference)
+        if patient_id is not None:
+            return patient_id != self.subject_id
+        if reference.startswith(("#", "urn:")):
+            return False
+        parts = reference.split("/_history/")[0].rstrip("/").split("/")
+        return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] != self.subject_id
+
+    def other_patient_reference(self, resource: Mapping[str, Any]) -> str | None:
+        """The ``subject`` (else ``patient``) reference of the resource if it names another patient."""
+        holder = resource.get("subject")
+        if holder is None:
+            holder = resource.get("patient")
+        reference = holder.get("reference") if type(holder) is dict else None
+        return reference if type(reference) is str and self.names_other_patient(reference) else None
+
+    def excludes(self, resource: Mapping[str, Any]) -> bool:
+        """True for another patient's resource, and for a Patient that is not the subject.
+
+        Called once per resource of the record: a known reference costs one lookup in the verdict cache.
+        """
+        holder = resource.get("subject")
+        if holder is None:
+            holder = resource.get("patient")
+            if holder is None:
+                if resource.get("resourceType") != "Patient":
+                    return False
+                rid = resource.get("id")
+                return type(rid) is str and rid != self.subject_id
+        if type(holder) is not dict:
+            return False
+        reference = holder.get("reference")
+        if type(reference) is not str:
+            return False
+        verdict = self._others.get(reference)
+        return self.names_other_patient(reference) if verdict is None else verdict
 
 
 # -- helpers -------------------------------------------------------------------------------------------

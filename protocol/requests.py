@@ -3,7 +3,8 @@
 Hook semantics live here, not in the content: ``patientId`` is the subject, ``userId`` the practitioner,
 prefetch values and the drafted orders are the data; on order-select each selected draft order is reviewed,
 on order-sign each draft order, with all drafted orders available as ``draftOrders``. Which PlanDefinitions
-run is read from their named-event triggers.
+run is read from their named-event triggers. A draft order for another patient than ``patientId`` is a
+request error (``DraftForAnotherPatient``), not data to leave out: the client is about to sign it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.engine import ApplyError, Engine
+from protocol.record import SubjectScope, entries_of, patient_full_urls
 
 ORDER_HOOKS = ("order-select", "order-sign")
 
@@ -33,6 +35,14 @@ class ApplyCall:
         return self.parameters.get("draftOrder")
 
 
+class DraftForAnotherPatient(ApplyError):
+    """A draft order of the request names another patient than the request's (it is named, the patient is not)."""
+
+    def __init__(self, draft: str):
+        super().__init__(f"draft order {draft} is for another patient than context.patientId")
+        self.draft = draft
+
+
 def bundle_resources(bundle: Any) -> list[dict[str, Any]]:
     """The resources of a Bundle (entries without a resource are skipped)."""
     if not isinstance(bundle, Mapping) or not isinstance(bundle.get("entry", []), list):
@@ -42,6 +52,25 @@ def bundle_resources(bundle: Any) -> list[dict[str, Any]]:
 
 def _reference(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def check_draft_subjects(subject: str, drafts: list[Mapping[str, Any]], data: list[Any]) -> None:
+    """Raise DraftForAnotherPatient for the first draft whose ``subject`` or ``patient`` names another patient.
+
+    A ``urn:uuid`` reference is told through the fullUrls of the Patient entries in the data and the drafts'
+    Bundle, read only when a draft uses one.
+    """
+    full_urls = patient_full_urls(entries_of(data)) if any(_uses_urn(draft) for draft in drafts) else {}
+    scope = SubjectScope(subject, full_urls)
+    for draft in drafts:
+        if scope.other_patient_reference(draft) is not None:
+            name = _reference(draft) if isinstance(draft.get("id"), str) else f"{draft.get('resourceType')} (without id)"
+            raise DraftForAnotherPatient(name)
+
+
+def _uses_urn(resource: Mapping[str, Any]) -> bool:
+    return any(isinstance(holder, Mapping) and str(holder.get("reference", "")).startswith("urn:")
+               for holder in (resource.get("subject"), resource.get("patient")))
 
 
 def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -65,6 +94,7 @@ def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = N
     if data is None:
         prefetch = body.get("prefetch") or {}
         data = [value for value in prefetch.values() if value is not None]
+    check_draft_subjects(subject, drafts, [data, context.get("draftOrders")])
     common = {"subject": subject, "data": list(data) + drafts, "encounter": context.get("encounterId"), "practitioner": context.get("userId")}
     calls = []
     plans = [engine.plan(plan)] if plan else engine.plans_for_hook(hook)

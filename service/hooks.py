@@ -86,6 +86,7 @@ def call_service(service_id: str) -> Response:
     g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
                  "cards_ms": (time.monotonic() - applied) * 1000}
     g.cards = len(cards)
+    g.ignored_resources = max((r.ignored_resources for r in results), default=0)
     return Response(orjson.dumps(response(cards)), mimetype="application/json")
 
 

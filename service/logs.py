@@ -1,9 +1,9 @@
 """Structured logs: one JSON line per request, with no patient data and no tokens.
 
 A request line names the service, hook and hookInstance, the status, the time spent in each stage, how many
-cards went out and which prefetch keys were supplied, fetched or empty (names only). Patient ids, resource
-contents, JWTs and access tokens are never written; unexpected errors are logged by type and code location
-only, because exception messages can quote data.
+cards went out, how many resources of other patients were ignored (a count) and which prefetch keys were
+supplied, fetched or empty (names only). Patient ids, resource contents, JWTs and access tokens are never
+written; unexpected errors are logged by type and code location only, because exception messages can quote data.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def install(app: Flask) -> None:
         view_args = request.view_args or {}
         if "service_id" in view_args:
             fields["service"] = view_args["service_id"]
-        for name in ("hook", "hook_instance", "cards"):
+        for name in ("hook", "hook_instance", "cards", "ignored_resources"):
             if g.get(name) is not None:
                 fields[name] = g.get(name)
         if g.get("timings"):
