@@ -397,8 +397,10 @@ def card_problems(card: Any, seen_uuids: set[str] | None = None) -> list[str]:
             elif "appContext" in link and link["type"] != "smart":
                 problems.append(f"links[{j}].appContext on a link that is not smart")
     reasons = card.get("overrideReasons")
-    if indicator in ("warning", "critical") and not reasons:
-        problems.append(f"a {indicator} card needs overrideReasons")
+    if indicator in ("warning", "critical") and card.get("suggestions") and not reasons:
+        problems.append(f"a {indicator} card with suggestions needs overrideReasons")
+    if not card.get("suggestions") and reasons and card.get("source", {}).get("topic", {}).get("code", "").startswith("withheld"):
+        problems.append("a card that only informs has nothing to override")
     if reasons is not None:
         if not isinstance(reasons, list) or not reasons:
             problems.append("overrideReasons must be a non-empty array")

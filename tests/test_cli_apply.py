@@ -190,8 +190,8 @@ def test_order_sign_with_two_drafts_gives_one_result_per_draft(tmp_path, capsys,
     code, out, _ = run(["apply", "--data", str(write(tmp_path, "hook.json", body)), "--at", AT], capsys)
     assert code == 0 and isinstance(out, list) and len(out) == 2
     first, second = ({a["id"] for a in contained_of(c, "RequestGroup")[0].get("action") or []} for c in out)
-    assert first == {"draft-course-too-long", "draft-duplicate"}
-    assert second == {"draft-duplicate"}
+    assert first == {"draft-course-too-long"}, "the first of two drafts is the one kept"
+    assert second == {"draft-duplicate"}, "the later draft is the duplicate"
 
 
 def test_hook_without_a_patient_id_is_an_error(tmp_path, capsys, reuse_engine):

@@ -69,7 +69,7 @@ def test_maoi_is_found_whatever_the_coding_path(engine, kind, shape):
 def test_serotonergic_drug_is_named_whatever_the_coding_path(engine, kind, shape):
     patient = base()
     patient.medication(SERTRALINE, kind=kind, shape=shape)
-    assert "Sertraline" in get(view(engine, patient), "serotonergic-warning").fields["title"]
+    assert "Sertraline" in get(view(engine, patient), "cyclobenzaprine-proposal").fields["title"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -128,7 +128,7 @@ def test_prefetch_mapping_of_searchsets_gives_the_same_answer_as_the_plain_recor
     patient.physical_therapy("encounter", days_ago=12)
     plain = view(engine, patient)
     mapped = engine.apply(PATHWAY, prefetch_of(patient), CLOCK, patient.id)
-    assert cards(mapped) == cards(plain) == {"phase-plan", "cyclobenzaprine-proposal", "serotonergic-warning"}
+    assert cards(mapped) == cards(plain) == {"phase-plan", "cyclobenzaprine-proposal"}
     assert get(mapped, "phase-plan").fields == get(plain, "phase-plan").fields
     assert resources(mapped) == resources(plain)
 

@@ -471,7 +471,7 @@ def test_the_records_cover_the_content(content):
                 action = stack.pop()
                 ids.add(action.fields.get("id"))
                 stack.extend(action.children)
-    for expected in ("phase-1", "phase-2", "phase-3", "phase-4", "cyclobenzaprine-proposal", "serotonergic-warning",
+    for expected in ("phase-1", "phase-2", "phase-3", "phase-4", "cyclobenzaprine-proposal", "serotonergic-note",
                      "withheld-maoi", "withheld-cardiac", "withheld-allergy", "withheld-hepatic", "withheld-older-adult"):
         assert expected in ids, expected
     assert len(ids) > 40

@@ -268,7 +268,7 @@ def test_recommendations_show_evidence_rationale_and_the_order_they_propose(page
     assert html.escape(definition["title"]) in heat and "ServiceRequest" in heat
     assert "Heat therapy" in heat and "266694003" in heat
     assert "Patient instruction" in heat and "never fall asleep" in heat
-    medication = re.search(r'<article class="rec" id="phase-1-cyclobenzaprine">(.*?)</article>', page, re.S).group(1)
+    medication = re.search(r'<article class="rec" id="order-cyclobenzaprine">(.*?)</article>', page, re.S).group(1)
     dosage = CONTENT.get("ActivityDefinition", "cyclobenzaprine-5mg-tid")["dosage"][0]
     assert "MedicationRequest" in medication and "828320" in medication
     assert html.escape(dosage["text"]) in medication and html.escape(dosage["patientInstruction"]) in medication

@@ -131,7 +131,9 @@ def test_the_bearer_token_goes_to_the_fhir_server(app, client, httpserver):
     body = hook_body(app, "patient-view", patient, prefetch=False, fhir_server=httpserver.url_for("/fhir"))
     body["fhirAuthorization"] = dict(AUTHORIZATION)
     cards = cards_of(client, "patient-view", body)
-    assert "S7" in topics(cards), "the Medication the order references was read and understood"
+    proposal = [c for c in cards if c["source"]["topic"]["code"] == "cyclobenzaprine"]
+    assert proposal and proposal[0]["indicator"] == "warning" and "sertraline" in proposal[0]["summary"].lower(), \
+        "the Medication the order references was read and understood"
     assert any(r.path.startswith("/fhir/Medication/") for r, _ in httpserver.log)
     assert {r.headers.get("Authorization") for r, _ in httpserver.log} == {f"Bearer {TOKEN}"}
 

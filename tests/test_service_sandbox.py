@@ -227,7 +227,7 @@ def test_patient_view_with_a_spasm_gives_the_plan_and_the_proposal(app, client, 
     assert topics(cards) == ["cyclobenzaprine", "phase-plan"]
     assert response_problems({"cards": cards}) == []
     plan = by_topic(cards, "phase-plan")
-    assert "day 2" in plan["summary"] and "immediate" in plan["summary"]
+    assert "day 1" in plan["summary"] and "hours since onset" in plan["summary"] and "immediate" in plan["summary"]
     careplan = plan["suggestions"][0]["actions"][0]["resource"]
     assert careplan["resourceType"] == "CarePlan" and careplan["subject"] == {"reference": "Patient/pat-1"}
 
@@ -369,7 +369,8 @@ def test_accepted_feedback_on_an_issued_card_is_joined_to_it(app, client):
 
 
 def test_overridden_feedback_with_a_reason_on_an_issued_warning_is_joined_to_it(app, client):
-    warning = by_topic(spasm_view(app, client, [Patient(56).medication(SERTRALINE)]), "S7")
+    warning = by_topic(spasm_view(app, client, [Patient(56).medication(SERTRALINE)]), "cyclobenzaprine")
+    assert warning["indicator"] == "warning"
     reason = warning["overrideReasons"][0]
     body = capture_body("feedback-overridden-patient-view.json")
     body["feedback"][0]["card"] = warning["uuid"]
@@ -377,7 +378,7 @@ def test_overridden_feedback_with_a_reason_on_an_issued_warning_is_joined_to_it(
     answer = post(client, f"/cds-services/{PATIENT_VIEW}/feedback", body, "feedback-overridden-patient-view.json")
     assert answer.status_code == 200
     [row] = stored(app, warning["uuid"])
-    assert (row["card_known"], row["topic"], row["outcome"]) == (1, "S7", "overridden")
+    assert (row["card_known"], row["topic"], row["outcome"]) == (1, "cyclobenzaprine", "overridden")
     assert (row["override_system"], row["override_code"]) == (reason["system"], reason["code"])
 
 
