@@ -11,6 +11,8 @@ from the applied actions and the artifacts they came from.
   creates the CarePlan of those requests (its ``textEquivalent`` is the label); every descendant ``update`` or
   ``remove`` becomes its own suggestion. On other cards each typed child is a suggestion, and a child group of
   typed actions is one suggestion with several actions (for example remove a draft and create two orders).
+- Every suggestion has a ``uuid``; the one whose action the content marks ``precheckBehavior: yes`` (preselected)
+  has ``isRecommended: true``.
 - overrideReasons come from the ValueSet the action names in its ``cds-override-reasons`` extension.
 """
 
@@ -211,24 +213,24 @@ class CardBuilder:
             careplan = careplan_r4(ApplyResult(result.plan, result.subject, result.encounter, result.author, result.now, [plan_action], []),
                                    id_factory=self.new_id)
             careplan.pop("id", None)
-            out.append(self._suggestion(action.fields.get("textEquivalent") or action.fields.get("title", "Create the care plan"),
+            out.append(self._suggestion(action, action.fields.get("textEquivalent") or action.fields.get("title", "Create the care plan"),
                                         [{"type": "create", "description": action.fields.get("textEquivalent") or "Create the care plan",
                                           "resource": careplan}]))
             for node in _walk(action.children):
                 if _type(node) in ("update", "remove"):
                     suggestion_action = self._action(node)
                     if suggestion_action:
-                        out.append(self._suggestion(node.fields.get("title", ""), [suggestion_action]))
+                        out.append(self._suggestion(node, node.fields.get("title", ""), [suggestion_action]))
             return out
         for child in action.children:
             if _type(child) in ACTION_TYPES:
                 single = self._action(child)
                 if single:
-                    out.append(self._suggestion(child.fields.get("title", ""), [single]))
+                    out.append(self._suggestion(child, child.fields.get("title", ""), [single]))
             elif child.children and all(_type(c) in ACTION_TYPES for c in child.children):
                 actions = [self._action(c) for c in child.children]
                 if actions and all(actions):
-                    out.append(self._suggestion(child.fields.get("title", ""), actions))
+                    out.append(self._suggestion(child, child.fields.get("title", ""), actions))
         return out
 
     def _plan_only(self, action: AppliedAction) -> AppliedAction:
@@ -236,8 +238,13 @@ class CardBuilder:
         children = [self._plan_only(c) for c in action.children if _type(c) not in ("update", "remove")]
         return AppliedAction(action.fields, action.resource, children)
 
-    def _suggestion(self, label: str, actions: list[Json]) -> Json:
-        return {"label": label, "uuid": self.new_id(), "actions": actions}
+    def _suggestion(self, source: AppliedAction, label: str, actions: list[Json]) -> Json:
+        """A suggestion with its own uuid (for feedback); the action the protocol marks as preselected
+        (``precheckBehavior`` yes) is the recommended one."""
+        suggestion: Json = {"label": label, "uuid": self.new_id(), "actions": actions}
+        if source.fields.get("precheckBehavior") == "yes":
+            suggestion["isRecommended"] = True
+        return suggestion
 
     @staticmethod
     def _action(action: AppliedAction) -> Json | None:
