@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,19 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clock(text: str | None) -> datetime:
-    """--at: an ISO date/time with offset (a date means midnight UTC); default now."""
+#: The service's ``timezone`` setting as an environment variable; ``apply`` reads it too when --timezone is not given.
+TIMEZONE_VARIABLE = "BACK_SPASM_CDS_TIMEZONE"
+
+
+def _clock(text: str | None, zone: tzinfo = timezone.utc) -> datetime:
+    """--at: an ISO date/time with offset (without one, a date or a time is local time in the zone); default now."""
     if text is None:
         return datetime.now(timezone.utc)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ContentError(f"--at {text!r}: not an ISO 8601 date or date-time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -72,13 +77,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from protocol.output import bundle_r5, careplan_r4
     from protocol.requests import DraftForAnotherPatient, calls_for_bundle, calls_for_hook, is_hook_request, run_calls
 
+    from protocol.fhirpath import time_zone
+
+    name = args.timezone if args.timezone is not None else os.environ.get(TIMEZONE_VARIABLE, "UTC")
+    try:
+        zone = time_zone(name)
+    except ValueError as exc:
+        origin = "--timezone" if args.timezone is not None else TIMEZONE_VARIABLE
+        print(f"error: {origin}: {exc}", file=sys.stderr)
+        return 2
     data = read_json(args.data)
-    engine = Engine(load_content(args.content))
+    engine = Engine(load_content(args.content), timezone=zone)
     try:
         calls = calls_for_hook(engine, data) if is_hook_request(data) else calls_for_bundle(engine, data, args.plan)
         if args.plan:
             calls = [c for c in calls if c.plan == args.plan or engine.plan(args.plan).resource["id"] == c.plan]
-        results = run_calls(engine, calls, _clock(args.at))
+        results = run_calls(engine, calls, _clock(args.at, zone))
     except DraftForAnotherPatient as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -127,6 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.server import run
 
     overrides: dict[str, Any] = {"content_dir": str(args.content)} if args.content else {}
+    if args.timezone is not None:
+        overrides["timezone"] = args.timezone
     loopback = args.host in LOOPBACK
     if not os.environ.get(ENV_PREFIX + "MODE"):
         overrides["mode"] = "development" if loopback or args.insecure else "production"
@@ -164,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="apply the protocol to a patient's data and print the CarePlan")
     p.add_argument("--data", type=Path, required=True, help="a Bundle of the patient's data, or a CDS Hooks request body")
     p.add_argument("--plan", default=None, help="PlanDefinition id or canonical (default: those the hook or patient-view triggers)")
-    p.add_argument("--at", default=None, help="the clock, ISO 8601 (default: now)")
+    p.add_argument("--at", default=None, help="the clock, ISO 8601 (default: now; without an offset: local time in --timezone)")
+    p.add_argument("--timezone", default=None, metavar="NAME",
+                   help=f"IANA time zone in which dates without a time are read (default: ${TIMEZONE_VARIABLE}, else UTC)")
     p.add_argument("--r5", action="store_true", help="R5 output: a Bundle whose first entry is the RequestOrchestration")
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.set_defaults(func=cmd_apply)
@@ -182,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument("--insecure", action="store_true", help="allow development mode on a non-loopback address (never with real data)")
+    p.add_argument("--timezone", default=None, metavar="NAME",
+                   help="IANA time zone in which dates without a time are read (overrides the timezone setting; default UTC)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -7,6 +7,11 @@ of the protocol is written here: applicability, phases, doses and texts come fro
 
 Per call, a ``Session`` indexes the record once (``Record``), answers each data requirement from that
 index, and evaluates each named variable at most once, and only if an expression needs it.
+
+The engine has a local time zone (``Engine(..., timezone="UTC")``, an IANA name; ``apply`` and
+``apply_activity`` can override it per call): dates without a time are read as days of that zone, by the
+FHIRPath expressions (``EvaluationContext.timezone``: today(), lowBoundary(), comparisons ...) and by the
+dateFilters of data requirements (the record gets the clock in that zone).
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from protocol.activity import RequestContext, UnsupportedKind, new_request
 from protocol.content import Content
-from protocol.fhirpath import CompiledExpression, EvaluationContext, Evaluator, FhirPathEvaluationError, default_evaluator
+from protocol.fhirpath import (CompiledExpression, EvaluationContext, Evaluator, FhirPathEvaluationError, default_evaluator,
+                               time_zone)
 from protocol.jsondata import copy_json
 from protocol.logic import STANDARD_VARIABLES, variables_of
 from protocol.paths import PathError, PathPlan, plan_path
@@ -215,14 +221,16 @@ class ScopeView(Mapping):
 class Session:
     """One $apply call: the record, the clock, the scopes and the issues found on the way."""
 
-    def __init__(self, engine: "Engine", record: Record, now: datetime, parameters: Mapping[str, Any] | None = None):
+    def __init__(self, engine: "Engine", record: Record, now: datetime, parameters: Mapping[str, Any] | None = None,
+                 zone: tzinfo | None = None):
         self.engine = engine
         self.record = record
         self.now = now
         self.parameters = parameters or {}
         self.libraries: set[str] = set()
         self.issues: list[Issue] = []
-        self.context = EvaluationContext(now=now, member_of=engine.content.terminology.member_of, resolve=record.resolve)
+        self.context = EvaluationContext(now=now, member_of=engine.content.terminology.member_of, resolve=record.resolve,
+                                         timezone=zone if zone is not None else engine.timezone)
         self._nodes: dict[int, Any] = {}
 
     def node(self, resource: Mapping[str, Any]) -> Any:
@@ -276,11 +284,16 @@ class ApplyResult:
 
 
 class Engine:
-    """The protocol compiled for applying: load once, apply per request."""
+    """The protocol compiled for applying: load once, apply per request.
 
-    def __init__(self, content: Content, evaluator: Evaluator | None = None):
+    ``timezone``: the local time zone (an IANA name such as ``Australia/Sydney``, or a tzinfo; default UTC) in
+    which dates without a time are read; an unknown name is a ValueError (see ``protocol.fhirpath.time_zone``).
+    """
+
+    def __init__(self, content: Content, evaluator: Evaluator | None = None, timezone: str | tzinfo | None = "UTC"):
         self.content = content
         self.evaluator = evaluator or default_evaluator()
+        self.timezone: tzinfo = time_zone(timezone)
         self._libraries: dict[str, CompiledLibrary] = {}
         self._activities: dict[str, CompiledActivity] = {}
         self.plans: dict[str, CompiledPlan] = {}
@@ -391,14 +404,15 @@ class Engine:
 
     # -- applying ---------------------------------------------------------------------------------------
     def _session(self, data: Any, now: datetime, subject: str, encounter: str | None, practitioner: str | None,
-                 parameters: Mapping[str, Any] | None) -> tuple[Session, Scope, RequestContext]:
+                 parameters: Mapping[str, Any] | None, timezone: str | tzinfo | None = None) -> tuple[Session, Scope, RequestContext]:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ApplyError("the clock must be timezone-aware")
+        zone = self.timezone if timezone is None else time_zone(timezone)
         if not subject:
             raise ApplyError("a subject is required")
         parameter_resources = [v for v in (parameters or {}).values() if v is not None]
-        record = Record.from_data([data, parameter_resources], self.content.terminology, now, subject)
-        session = Session(self, record, now, parameters)
+        record = Record.from_data([data, parameter_resources], self.content.terminology, now.astimezone(zone), subject)
+        session = Session(self, record, now, parameters, zone)
         if record.ignored:
             session.report("information", "informational", _ignored_message(record.ignored))
         for outcome in record.outcomes:
@@ -434,10 +448,13 @@ class Engine:
 
     def apply(self, plan_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
               practitioner: str | None = None, organization: str | None = None,
-              parameters: Mapping[str, Any] | None = None) -> ApplyResult:
-        """PlanDefinition/$apply: the applicable actions of the plan for this subject, data and clock."""
+              parameters: Mapping[str, Any] | None = None, timezone: str | tzinfo | None = None) -> ApplyResult:
+        """PlanDefinition/$apply: the applicable actions of the plan for this subject, data and clock.
+
+        ``timezone`` overrides the engine's local time zone for this call (an IANA name or a tzinfo).
+        """
         plan = self.plan(plan_reference)
-        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters)
+        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone)
         for library in plan.libraries:
             self._define_library(root, library, parameters)
         root.define_value("context", [session.node(plan.resource)])
@@ -450,10 +467,14 @@ class Engine:
                            session.record.ignored)
 
     def apply_activity(self, activity_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
-                       practitioner: str | None = None, parameters: Mapping[str, Any] | None = None) -> tuple[Json | None, list[Issue]]:
-        """ActivityDefinition/$apply: the request resource of the definition's kind, dynamicValues applied."""
+                       practitioner: str | None = None, parameters: Mapping[str, Any] | None = None,
+                       timezone: str | tzinfo | None = None) -> tuple[Json | None, list[Issue]]:
+        """ActivityDefinition/$apply: the request resource of the definition's kind, dynamicValues applied.
+
+        ``timezone`` overrides the engine's local time zone for this call (an IANA name or a tzinfo).
+        """
         activity = self.activity(activity_reference)
-        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters)
+        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone)
         for library in activity.libraries:
             self._define_library(root, library, parameters)
         resource = self._make_request(activity, root.child(), request, [], [], "ActivityDefinition/$apply")

@@ -23,6 +23,28 @@ them, and ``and``/``or``/``implies`` skip their right operand when the left one
 decides the result, so a mapping that computes variables on demand computes only
 what is needed.
 
+Time zone: an evaluation has a local time zone (``EvaluationContext.timezone``, the service's
+``timezone`` setting through the engine; by default the clock's own).  today() and timeOfDay() are the
+clock's local date and time there (now() is the clock as given), and a date or dateTime written
+without an offset is local time there, in comparisons and in the functions below.
+
+Functions of FHIRPath 3.0 (STU) added to fhirpathpy's through its user-invocation table (and
+implemented alike by the native evaluator), for Date and DateTime values (FHIR date/dateTime/instant
+elements, @-literals, now(), today(), date arithmetic, toDateTime(); other values are an error):
+
+- ``lowBoundary([precision])`` / ``highBoundary([precision])``: the first/last instant a value can denote
+  (``_boundary_text``).  Engine conventions: without a precision the result is a DateTime to the
+  millisecond, for a Date too, and a value without an offset gets the offset of the evaluation's zone
+  at the boundary itself (daylight saving changes included): in America/New_York,
+  ``@2026-03-08.lowBoundary()`` is 2026-03-08T00:00:00.000-05:00 and ``.highBoundary()``
+  2026-03-08T23:59:59.999-04:00.  A value with an offset keeps it.
+- ``duration(value, precision)`` / ``difference(value, precision)``: whole periods, or period
+  boundaries crossed, from the input to ``value`` (negative when the input is later); ``precision`` a
+  string: 'year', 'month', 'week', 'day', 'hour', 'minute', 'second', 'millisecond' (plurals
+  accepted).  Hours and below are true elapsed time between instants, days and above calendar periods
+  of local time in the evaluation's zone; empty when a value is less precise than the precision asks
+  (``_interval``).
+
 Choosing the engine: ``default_evaluator()`` returns ``protocol.fhirpath_native.NativeEvaluator``,
 an implementation of the same interface that evaluates over plain JSON values with the same parser,
 compile-time checks and date/time semantics, and hands anything it does not cover back to this
@@ -43,10 +65,11 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream
@@ -77,6 +100,7 @@ __all__ = [
     "FhirPathPyEvaluator",
     "FhirPathSyntaxError",
     "default_evaluator",
+    "time_zone",
 ]
 
 UCUM = "http://unitsofmeasure.org"
@@ -95,16 +119,55 @@ class FhirPathEvaluationError(RuntimeError):
 
 @dataclass(frozen=True)
 class EvaluationContext:
-    """Per-call services the expressions need: request clock, ValueSet membership, reference resolution."""
+    """Per-call services the expressions need: request clock, time zone, ValueSet membership, reference resolution.
 
-    now: datetime  # timezone-aware; now(), today(), timeOfDay() read it
+    ``timezone`` is the local time zone of the evaluation (the service's setting, see ``time_zone``):
+    today() and timeOfDay() are the clock's local date and time there, and a date or dateTime written
+    without an offset is read as local time there (comparisons, lowBoundary(), highBoundary(),
+    duration(), difference()).  None (the default) means the clock's own zone (``now.tzinfo``), so a
+    context built from a UTC clock works in UTC, and one built from a clock with another offset keeps
+    that offset as before.
+    """
+
+    now: datetime  # timezone-aware; now() is this instant as given, today() and timeOfDay() its local date and time
     member_of: Callable[[dict, str], bool]  # (Coding or CodeableConcept, ValueSet url) -> member?
     resolve: Callable[[dict], dict | None]  # (Reference) -> the resource it points to, or None
+    timezone: tzinfo | None = None  # local time zone of the evaluation; None: the clock's own (now.tzinfo)
 
     def __post_init__(self) -> None:
-        """Reject a naive clock, since now() and date comparisons need its UTC offset."""
+        """Reject a naive clock, since now() and date comparisons need its UTC offset, and a zone that is not a tzinfo."""
         if self.now.tzinfo is None or self.now.utcoffset() is None:
             raise ValueError("EvaluationContext.now must be timezone-aware")
+        if self.timezone is not None and not isinstance(self.timezone, tzinfo):
+            raise TypeError(f"EvaluationContext.timezone must be a tzinfo (see time_zone()), got {self.timezone!r}")
+
+    @property
+    def zone(self) -> tzinfo:
+        """The local time zone of the evaluation: ``timezone``, else the clock's own."""
+        return self.timezone if self.timezone is not None else self.now.tzinfo
+
+
+def time_zone(value: str | tzinfo | None) -> tzinfo:
+    """The time zone a setting names: an IANA name (``Australia/Sydney``), ``UTC``, or a tzinfo as is.
+
+    None and ``UTC`` (in any case) give ``datetime.timezone.utc``, which needs no time zone database;
+    other names are read with ``zoneinfo`` (the system's database, or the ``tzdata`` package).  An
+    unknown or malformed name is a ValueError that names it.
+    """
+    if value is None:
+        return timezone.utc
+    if isinstance(value, tzinfo):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"a time zone is an IANA name such as Europe/Paris, got {value!r}")
+    name = value.strip()
+    if name.upper() == "UTC":
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    raise ValueError(f"unknown time zone {value!r}: expected an IANA time zone name such as UTC, Europe/Paris or America/New_York")
 
 
 class CompiledExpression(Protocol):
@@ -157,12 +220,10 @@ def _context() -> EvaluationContext:
     return _CURRENT.get()
 
 
-def _default_offset_minutes() -> int:
-    """UTC offset of the request clock, assumed for date/times written without an offset."""
+def _zone() -> tzinfo:
+    """The local time zone of the evaluation running in this thread/task (UTC outside an evaluation)."""
     ctx = _CURRENT.get(None)
-    if ctx is None:
-        return 0
-    return int(ctx.now.utcoffset().total_seconds()) // 60
+    return timezone.utc if ctx is None else ctx.zone
 
 
 # ---------------------------------------------------------------- corrections of fhirpathpy
@@ -290,8 +351,11 @@ def _datetime_operands(a: list, b: list) -> tuple[_DateTime, _DateTime] | None:
 def _compare_datetimes(x: _DateTime, y: _DateTime) -> int | None:
     """-1/0/1 comparing two date/times, or None when equal up to the lower of two precisions."""
     to_utc = x.precision >= 4 and y.precision >= 4
-    default_offset = _default_offset_minutes() if to_utc else 0
-    kx, ky = x.keys(default_offset, to_utc), y.keys(default_offset, to_utc)
+    if to_utc:
+        zone = _zone()
+        kx, ky = x.keys(_assumed_offset(x, zone), True), y.keys(_assumed_offset(y, zone), True)
+    else:
+        kx, ky = x.keys(0, False), y.keys(0, False)
     for vx, vy in zip(kx, ky, strict=False):
         if vx != vy:
             return -1 if vx < vy else 1
@@ -637,7 +701,8 @@ def _corrected_operators() -> dict[str, dict]:
     - Date/times are compared precision by precision (year, month, day, hour, minute,
       second; seconds and milliseconds are a single precision compared as a decimal).
       When both have a time part they are normalized to UTC first (a value without an
-      offset takes the offset of the request clock); otherwise the written components
+      offset is local time in the evaluation's time zone, see EvaluationContext: by
+      default the offset of the request clock); otherwise the written components
       are compared.  If the values are equal up to the lower of two different
       precisions, =, !=, <, <=, >, >= give empty.  Strings are read as date/times when
       the other operand is a typed date/time (FHIR element, @-literal, now(), arithmetic).
@@ -687,6 +752,239 @@ def _corrected_operators() -> dict[str, dict]:
     }
 
 
+# ---------------------------------------------------------------- time zone, boundaries and intervals
+#
+# The local time zone of an evaluation (EvaluationContext.zone) decides what a date or dateTime written
+# without an offset means, and what "today" is.  The functions below are shared with
+# protocol.fhirpath_native, so that both evaluators give the same results; see the docstrings of
+# _boundary_text and _interval for the semantics of lowBoundary()/highBoundary() and duration()/difference().
+
+
+@lru_cache(maxsize=4096)
+def _local_offset(zone: tzinfo, fields: tuple[int, ...], fold: int = 0) -> int:
+    """UTC offset in minutes that ``zone`` has at a local date/time (the components written, the rest at their start).
+
+    ``fold`` chooses between the readings of a local time that a daylight saving change makes occur twice
+    or not at all: 0 takes the offset in force before the change, 1 the offset after it (``datetime.fold``).
+    """
+    padded = list(fields[:6]) + [1] * (3 - min(len(fields), 3)) + [0] * (6 - max(len(fields), 3))
+    offset = zone.utcoffset(datetime(*padded, fold=fold))
+    return int(offset.total_seconds()) // 60
+
+
+def _assumed_offset(value: _DateTime, zone: tzinfo) -> int:
+    """The UTC offset of a date/time: as written, else the zone's at that local time (the earlier reading if ambiguous)."""
+    if value.offset is not None:
+        return value.offset
+    return _local_offset(zone, value.fields, 0)
+
+
+def _offset_text(minutes: int) -> str:
+    """An offset in minutes as written in a dateTime: ``+HH:MM`` or ``-HH:MM``."""
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{'-' if minutes < 0 else '+'}{hours:02d}:{rest:02d}"
+
+
+#: lowBoundary()/highBoundary() precision (digits of the value, as FHIRPath counts them) -> components kept.
+_BOUNDARY_COMPONENTS = {4: 1, 6: 2, 8: 3, 10: 4, 12: 5, 14: 6, 17: 7}
+
+
+@lru_cache(maxsize=4096)
+def _boundary_text(value: _DateTime, precision: int | None, high: bool, zone: tzinfo) -> str | None:
+    """The text of ``value.lowBoundary(precision)`` (high False) or ``value.highBoundary(precision)``; None is empty.
+
+    FHIRPath 3.0 (STU): the least (greatest) value the input can denote, to ``precision`` digits: 4 year,
+    6 month, 8 day, 10 hour, 12 minute, 14 second, 17 millisecond; another number gives empty.  Components
+    the value lacks are filled with their least (greatest) value (month 1/12, day 1/last of the month,
+    23, 59, 59, 000/999; a written fraction of a second is kept to milliseconds, as fhirpath.js does),
+    components beyond the precision are dropped.
+
+    Engine conventions, where the specification differs or leaves a choice:
+
+    - Without a precision the result is a DateTime to milliseconds (17) for Dates too (the specification
+      returns a Date, at day precision, for a Date): a date-only onset becomes the first millisecond of
+      its day, a date-only end the last.
+    - A result with a time part gets an offset: the value's own when it has one ('Z' stays 'Z'), else the
+      offset that the evaluation's time zone has at that local time, computed for the boundary itself so
+      that a daylight saving change that day is taken into account (in America/New_York,
+      ``@2026-03-08.lowBoundary()`` is ``2026-03-08T00:00:00.000-05:00`` and ``.highBoundary()`` is
+      ``2026-03-08T23:59:59.999-04:00``).  Where the change makes the local time occur twice or not at
+      all, the low boundary takes the offset before the change and the high boundary the offset after
+      it, so that the two enclose every instant of the local period.
+    """
+    components = _BOUNDARY_COMPONENTS.get(17 if precision is None else precision)
+    if components is None:
+        return None
+    written = value.fields
+    fields = list(written[:components])
+    while len(fields) < min(components, 6):
+        filled = len(fields)
+        if filled == 1:
+            fields.append(12 if high else 1)
+        elif filled == 2:
+            fields.append(calendar.monthrange(fields[0], fields[1])[1] if high else 1)
+        elif filled == 3:
+            fields.append(23 if high else 0)
+        else:
+            fields.append(59 if high else 0)
+    text = f"{fields[0]:04d}"
+    if components > 1:
+        text += f"-{fields[1]:02d}"
+    if components > 2:
+        text += f"-{fields[2]:02d}"
+    if components > 3:
+        text += f"T{fields[3]:02d}"
+    if components > 4:
+        text += f":{fields[4]:02d}"
+    if components > 5:
+        text += f":{fields[5]:02d}"
+    if components > 6:
+        digits = (value.fraction or "")[:3] if len(written) == 6 else ""
+        text += "." + (digits.ljust(3, "0") if digits else "999" if high else "000")
+    if components > 3:
+        if value.zone is not None:
+            text += value.zone
+        else:
+            text += _offset_text(_local_offset(zone, tuple(fields), 1 if high else 0))
+    return text
+
+
+_INTERVAL_UNIT_NAMES = ("year", "month", "week", "day", "hour", "minute", "second", "millisecond")
+#: duration()/difference() precision argument -> unit: the specification's singular names, and plurals.
+_INTERVAL_UNITS = {**{u: u for u in _INTERVAL_UNIT_NAMES}, **{u + "s": u for u in _INTERVAL_UNIT_NAMES}}
+_INTERVAL_LENGTH = {
+    "hour": timedelta(hours=1),
+    "minute": timedelta(minutes=1),
+    "second": timedelta(seconds=1),
+    "millisecond": timedelta(milliseconds=1),
+}
+
+
+def _microseconds(value: _DateTime) -> int:
+    """The fraction of a second written, in microseconds (0 when the value stops above seconds)."""
+    if len(value.fields) < 6 or not value.fraction:
+        return 0
+    return int(value.fraction[:6].ljust(6, "0"))
+
+
+def _instant(value: _DateTime, zone: tzinfo) -> datetime:
+    """The UTC instant a date/time with a time part starts at (no offset written: local time in the zone)."""
+    padded = list(value.fields) + [0] * (6 - len(value.fields))
+    written = datetime(*padded, _microseconds(value), tzinfo=timezone.utc)
+    return written - timedelta(minutes=_assumed_offset(value, zone))
+
+
+def _wall(value: _DateTime, zone: tzinfo, precision: int) -> datetime:
+    """The value as a naive local date/time in the zone, cut to ``precision`` components (the rest at their start).
+
+    A value written with an offset is converted to the zone's local time; one without is local time already.
+    """
+    if value.offset is not None:
+        local = _instant(value, zone).astimezone(zone)
+        fields: tuple[int, ...] = (local.year, local.month, local.day, local.hour, local.minute, local.second)
+        micro = local.microsecond
+    else:
+        fields, micro = value.fields, _microseconds(value)
+    kept = list(fields[:precision])
+    padded = kept + [1] * (3 - min(len(kept), 3)) + [0] * (6 - max(len(kept), 3))
+    return datetime(*padded, micro if precision >= 6 else 0)
+
+
+def _local_floor(instant: datetime, unit: str, zone: tzinfo) -> datetime:
+    """The UTC instant at which the local hour/minute/second/millisecond (in the zone) holding the instant starts."""
+    local = instant.astimezone(zone)
+    if unit == "hour":
+        local = local.replace(minute=0, second=0, microsecond=0)
+    elif unit == "minute":
+        local = local.replace(second=0, microsecond=0)
+    elif unit == "second":
+        local = local.replace(microsecond=0)
+    else:
+        local = local.replace(microsecond=local.microsecond // 1000 * 1000)
+    return local.astimezone(timezone.utc)
+
+
+def _add_months(moment: datetime, months: int) -> datetime:
+    """moment + months, the day clamped to the end of a shorter month (Jan 31 + 1 month = Feb 28), as ``+`` does."""
+    year, month = divmod(moment.year * 12 + moment.month - 1 + months, 12)
+    return moment.replace(year=year, month=month + 1, day=min(moment.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def _whole_periods(start: datetime, end: datetime, unit: str) -> int:
+    """Whole calendar years/months/weeks/days from start to end (naive local times, start <= end)."""
+    if unit in ("day", "week"):
+        days = (end - start).days
+        return days if unit == "day" else days // 7
+    months = (end.year - start.year) * 12 + end.month - start.month
+    if _add_months(start, months) > end:
+        months -= 1
+    return months if unit == "month" else months // 12
+
+
+def _week_start(moment: datetime) -> date:
+    """The Sunday that starts the week of a date (FHIRPath difference() counts weeks from Sunday)."""
+    day = moment.date()
+    return day - timedelta(days=(day.weekday() + 1) % 7)
+
+
+def _boundaries_crossed(start: datetime, end: datetime, unit: str) -> int:
+    """Calendar year/month/week/day boundaries crossed from start to end (naive local times; negative backwards)."""
+    if unit == "day":
+        return (end.date() - start.date()).days
+    if unit == "week":
+        return (_week_start(end) - _week_start(start)).days // 7
+    months = (end.year - start.year) * 12 + end.month - start.month
+    return months if unit == "month" else end.year - start.year
+
+
+def _interval(start: _DateTime, end: _DateTime, precision: str, zone: tzinfo, whole: bool) -> int | None:
+    """``start.duration(end, precision)`` (whole True) or ``start.difference(end, precision)``; None is empty.
+
+    FHIRPath 3.0 (STU), "Date and Time Interval Functions": duration() is the number of whole periods of
+    the precision from the input to the argument, difference() the number of period boundaries crossed
+    (weeks start on Sunday); both are negative when the input is after the argument.  ``precision`` is
+    one of 'year', 'month', 'week', 'day', 'hour', 'minute', 'second', 'millisecond' (the plural forms
+    are accepted too); anything else is an error.  When the input or the argument is less precise than
+    the precision asks (a date for 'hour'), the result is empty: ``onset.lowBoundary()`` makes a date-only
+    onset a dateTime first.
+
+    How values are compared (the specification asks to normalize offsets for hours and below and leaves
+    the rest open):
+
+    - hour, minute, second, millisecond: both values are instants (a value without an offset is local
+      time in the evaluation's zone), so differing offsets and daylight saving changes give the true
+      elapsed time: 2026-03-07T00:00-05:00 to 2026-03-09T00:00-04:00 is 47 hours.  duration() is the
+      elapsed time divided by the unit, the remainder dropped; difference() counts the starts of local
+      hours (minutes ...) of the evaluation's zone passed.
+    - day, week, month, year: calendar periods of local time in the evaluation's zone (values with an
+      offset are converted to it), so a day is a calendar day, 23 or 25 hours long across a daylight
+      saving change.  When one value has no time part, both are compared by date (or month, or year:
+      the lower of the two precisions).  duration() counts whole periods, the time of day included
+      (months and years with end-of-month clamping, as ``+`` adds them).
+    """
+    unit = _INTERVAL_UNITS.get(precision) if isinstance(precision, str) else None
+    if unit is None:
+        raise ValueError(
+            f"the precision of duration()/difference() is one of {', '.join(repr(u) for u in _INTERVAL_UNIT_NAMES)}, "
+            f"got {precision!r}"
+        )
+    needed = _UNIT_PRECISION[unit]
+    if start.precision < needed or end.precision < needed:
+        return None
+    if needed >= 4:
+        a, b = _instant(start, zone), _instant(end, zone)
+        length = _INTERVAL_LENGTH[unit]
+        if whole:
+            count = abs(b - a) // length
+            return count if b >= a else -count
+        return round((_local_floor(b, unit, zone) - _local_floor(a, unit, zone)) / length)
+    common = min(start.precision, end.precision)
+    a, b = _wall(start, zone, common), _wall(end, zone, common)
+    if not whole:
+        return _boundaries_crossed(a, b, unit)
+    return _whole_periods(a, b, unit) if a <= b else -_whole_periods(b, a, unit)
+
+
 # ---------------------------------------------------------------- functions backed by the context
 
 
@@ -710,13 +1008,73 @@ def _fn_now(ctx: dict, inputs: list) -> FP_DateTime:
 
 
 def _fn_today(ctx: dict, inputs: list) -> FP_DateTime:
-    """today(): the request clock's date in the clock's own timezone."""
-    return _new_datetime(_context().now.date().isoformat())
+    """today(): the request clock's date in the evaluation's time zone."""
+    context = _context()
+    return _new_datetime(context.now.astimezone(context.zone).date().isoformat())
 
 
 def _fn_time_of_day(ctx: dict, inputs: list) -> FP_Time:
-    """timeOfDay(): the request clock's local time, millisecond precision."""
-    return FP_Time(_context().now.time().isoformat(timespec="milliseconds"))
+    """timeOfDay(): the request clock's time in the evaluation's time zone, millisecond precision."""
+    context = _context()
+    return FP_Time(context.now.astimezone(context.zone).time().isoformat(timespec="milliseconds"))
+
+
+def _single_date_time(items: list, function: str) -> _DateTime | None:
+    """The one Date/DateTime of a boundary or interval function's input or argument; None when empty.
+
+    Only typed values count (FHIR date/dateTime/instant elements, @-literals, now(), today(), results of
+    date arithmetic, toDateTime()); anything else, or more than one item, is an error.
+    """
+    if len(items) == 2:
+        items = fp_equality.remove_duplicate_extension(items)
+    if not items:
+        return None
+    if len(items) > 1:
+        raise ValueError(f"{function}() needs a single Date or DateTime, got {len(items)} items")
+    value = _temporal(items[0])
+    if value is None:
+        raise ValueError(f"{function}() needs a Date or DateTime value, got {_to_json(items[0])!r}")
+    return value
+
+
+def _boundary(inputs: list, precision: Any, high: bool) -> list:
+    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (see _boundary_text)."""
+    value = _single_date_time(inputs, "highBoundary" if high else "lowBoundary")
+    if value is None or isinstance(precision, list):  # an empty precision argument gives empty
+        return []
+    text = _boundary_text(value, None if precision is None else int(precision), high, _zone())
+    return [] if text is None else [_new_datetime(text)]
+
+
+def _fn_low_boundary(ctx: dict, inputs: list, precision: Any = None) -> list:
+    """lowBoundary([precision]): the first instant the input can denote (see _boundary_text)."""
+    return _boundary(inputs, precision, high=False)
+
+
+def _fn_high_boundary(ctx: dict, inputs: list, precision: Any = None) -> list:
+    """highBoundary([precision]): the last instant the input can denote (see _boundary_text)."""
+    return _boundary(inputs, precision, high=True)
+
+
+def _between(inputs: list, other: list, precision: Any, whole: bool) -> list:
+    """duration(value, precision) / difference(value, precision) (see _interval)."""
+    name = "duration" if whole else "difference"
+    start = _single_date_time(inputs, name)
+    end = _single_date_time(other, name)
+    if start is None or end is None or isinstance(precision, list):
+        return []
+    result = _interval(start, end, precision, _zone(), whole)
+    return [] if result is None else [result]
+
+
+def _fn_duration(ctx: dict, inputs: list, other: list, precision: Any) -> list:
+    """duration(value, precision): whole periods from the input to value, negative backwards (see _interval)."""
+    return _between(inputs, other, precision, whole=True)
+
+
+def _fn_difference(ctx: dict, inputs: list, other: list, precision: Any) -> list:
+    """difference(value, precision): period boundaries crossed from the input to value (see _interval)."""
+    return _between(inputs, other, precision, whole=False)
 
 
 def _fn_member_of(ctx: dict, inputs: list, url: Any) -> list:
@@ -754,6 +1112,10 @@ def _function_table() -> dict[str, dict]:
         "timeOfDay": {"fn": _fn_time_of_day},
         "memberOf": {"fn": _fn_member_of, "arity": {1: ["String"]}},
         "resolve": {"fn": _fn_resolve},
+        "lowBoundary": {"fn": _fn_low_boundary, "arity": {0: [], 1: ["Integer"]}},
+        "highBoundary": {"fn": _fn_high_boundary, "arity": {0: [], 1: ["Integer"]}},
+        "duration": {"fn": _fn_duration, "arity": {2: ["Any", "String"]}},
+        "difference": {"fn": _fn_difference, "arity": {2: ["Any", "String"]}},
     }
     if CORRECTIONS_ACTIVE:
         table.update(_corrected_operators())

@@ -11,8 +11,12 @@ expressions are accepted and *what* a date/time means:
   (``_shifted_datetime_text``), so comparisons and ``+``/``-`` with durations follow the
   documented semantics of ``protocol.fhirpath``: precision by precision with seconds and
   milliseconds as one precision, offsets normalized when both values have a time part (a value
-  without an offset takes the request clock's), empty when equal up to the lower of two
-  precisions, arithmetic keeping precision and offset;
+  without an offset is local time in the evaluation's time zone), empty when equal up to the lower
+  of two precisions, arithmetic keeping precision and offset;
+- the FHIRPath 3.0 (STU) functions ``lowBoundary()``, ``highBoundary()``, ``duration()`` and
+  ``difference()`` for Date and DateTime values (``_boundary_text``, ``_interval``: the engine
+  conventions for values without an offset and for daylight saving changes are documented there and
+  in ``protocol.fhirpath``'s module docstring);
 - the JSON form of results (``to_json``) and the FHIR type names (``type_name``).
 
 Values
@@ -40,7 +44,7 @@ caller's mapping when it is reached (``name in env`` then ``env[name]``, at ever
 ``protocol.fhirpath``), ``and``/``or``/``implies`` do not evaluate their right operand when the
 left one decides, and three-valued logic, empty propagation and singleton evaluation follow
 FHIRPath 2.0.  ``now()``, ``today()``, ``timeOfDay()``, ``memberOf()`` and ``resolve()`` use the
-``EvaluationContext``.
+``EvaluationContext`` (today() and timeOfDay() in its time zone, ``EvaluationContext.zone``).
 
 What keeps an evaluation cheap: one element is navigated straight from its JSON (the usual case
 inside ``where()``), and consecutive member names (``clinicalStatus.coding``) run as one step;
@@ -91,7 +95,7 @@ import json
 import numbers
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 from functools import lru_cache
 from typing import Any
@@ -110,8 +114,12 @@ from protocol.fhirpath import (
     _DateTime,
     _ResourceNode,
     _UNIT_TO_CALENDAR,
+    _assumed_offset,
+    _boundary_text,
     _datetime_text,
     _identifier_text,
+    _interval,
+    _local_offset,
     _new_datetime,
     _number,
     _parse_checked,
@@ -245,11 +253,16 @@ class _State:
         self.total = None
         self._offset = None
 
-    def offset(self) -> int:
-        """UTC offset of the request clock in minutes, for date/times written without one."""
-        if self._offset is None:
-            self._offset = int(self.ctx.now.utcoffset().total_seconds()) // 60
-        return self._offset
+    def offset(self, value: _DateTime) -> int:
+        """UTC offset in minutes of a date/time: as written, else the evaluation zone's at that local time."""
+        if value.offset is not None:
+            return value.offset
+        zone = self.ctx.zone
+        if type(zone) is timezone:  # a fixed offset: the same for every value, computed once
+            if self._offset is None:
+                self._offset = _local_offset(zone, value.fields)
+            return self._offset
+        return _assumed_offset(value, zone)
 
 
 _Run = Callable[[list, _State], list]
@@ -428,9 +441,10 @@ def _datetime_pair(x: Any, y: Any) -> tuple[_DateTime, _DateTime] | None:
 
 def _compare_datetimes(x: _DateTime, y: _DateTime, st: _State) -> int | None:
     """-1/0/1, or None when equal up to the lower of two different precisions."""
-    to_utc = len(x.fields) >= 4 and len(y.fields) >= 4
-    offset = st.offset() if to_utc else 0
-    kx, ky = _keys(x, offset, to_utc), _keys(y, offset, to_utc)
+    if len(x.fields) >= 4 and len(y.fields) >= 4:
+        kx, ky = _keys(x, st.offset(x), True), _keys(y, st.offset(y), True)
+    else:
+        kx, ky = _keys(x, 0, False), _keys(y, 0, False)
     for vx, vy in zip(kx, ky):
         if vx != vy:
             return -1 if vx < vy else 1
@@ -443,8 +457,8 @@ def _now_value(now: datetime) -> DateTime:
 
 
 @lru_cache(maxsize=64)
-def _today_value(now: datetime) -> DateTime:
-    return DateTime(now.date().isoformat())
+def _today_value(now: datetime, zone: tzinfo) -> DateTime:
+    return DateTime(now.astimezone(zone).date().isoformat())
 
 
 @lru_cache(maxsize=4096)
@@ -2351,11 +2365,72 @@ def _fn_now(compiler: _Compiler, params: list) -> _Run:
 
 
 def _fn_today(compiler: _Compiler, params: list) -> _Run:
-    return lambda data, st: [_today_value(st.ctx.now)]
+    return lambda data, st: [_today_value(st.ctx.now, st.ctx.zone)]
 
 
 def _fn_time_of_day(compiler: _Compiler, params: list) -> _Run:
-    return lambda data, st: [Time(st.ctx.now.time().isoformat(timespec="milliseconds"))]
+    return lambda data, st: [Time(st.ctx.now.astimezone(st.ctx.zone).time().isoformat(timespec="milliseconds"))]
+
+
+def _single_date_time(items: list, function: str) -> _DateTime | None:
+    """The one Date/DateTime of a boundary or interval function's input or argument; None when empty.
+
+    Only typed values count (as in protocol.fhirpath); anything else, or more than one item, is an error.
+    """
+    items = _without_extension_twin(items)
+    if not items:
+        return None
+    if len(items) > 1:
+        raise ValueError(f"{function}() needs a single Date or DateTime, got {len(items)} items")
+    value = _typed_datetime(items[0])
+    if value is None:
+        raise ValueError(f"{function}() needs a Date or DateTime value, got {_to_json(items[0])!r}")
+    return value
+
+
+def _fn_boundary(high: bool) -> Callable[[_Compiler, list], _Run]:
+    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (protocol.fhirpath._boundary_text)."""
+    name = "highBoundary" if high else "lowBoundary"
+
+    def build(compiler: _Compiler, params: list) -> _Run:
+        precision = compiler.value(params[0]) if params else None
+
+        def boundary(data: list, st: _State) -> list:
+            value = _single_date_time(data, name)
+            if value is None:
+                return []
+            digits = None
+            if precision is not None:
+                digits = _integer_argument(precision(st))
+                if digits is None:
+                    return []
+            text = _boundary_text(value, None if digits is None else int(digits), high, st.ctx.zone)
+            return [] if text is None else [DateTime(text)]
+
+        return boundary
+
+    return build
+
+
+def _fn_interval(whole: bool) -> Callable[[_Compiler, list], _Run]:
+    """duration(value, precision) / difference(value, precision) (protocol.fhirpath._interval)."""
+    name = "duration" if whole else "difference"
+
+    def build(compiler: _Compiler, params: list) -> _Run:
+        other, precision = compiler.value(params[0]), compiler.value(params[1])
+
+        def interval(data: list, st: _State) -> list:
+            start = _single_date_time(data, name)
+            end = _single_date_time(other(st), name)
+            unit = _string_argument(precision(st))
+            if start is None or end is None or unit is None:
+                return []
+            result = _interval(start, end, unit, st.ctx.zone, whole)
+            return [] if result is None else [result]
+
+        return interval
+
+    return build
 
 
 def _fn_member_of(compiler: _Compiler, params: list) -> _Run:
@@ -2486,6 +2561,10 @@ _FUNCTIONS: dict[str, Callable[[_Compiler, list], _Run]] = {
     "timeOfDay": _fn_time_of_day,
     "memberOf": _fn_member_of,
     "resolve": _fn_resolve,
+    "lowBoundary": _fn_boundary(high=False),
+    "highBoundary": _fn_boundary(high=True),
+    "duration": _fn_interval(whole=True),
+    "difference": _fn_interval(whole=False),
 }
 
 

@@ -12,7 +12,7 @@ before any rule can see it (neither by type nor by reference), and only counted 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from protocol.terminology import Terminology, codes_of, concept_in, index_codes, split_canonical
@@ -135,22 +135,29 @@ class Record:
             window = self._window(date_filter)
             if window is not None:
                 path = (date_filter.get("path") or "").split(".")
-                candidates = [r for r in candidates if any(_overlaps(_span(v), window) for v in _values_at(r, path))]
+                zone = self.now.tzinfo if self.now is not None else timezone.utc
+                candidates = [r for r in candidates if any(_overlaps(_span(v, zone), window) for v in _values_at(r, path))]
         self._retrieved[key] = (requirement, candidates)
         return candidates
 
     def _window(self, date_filter: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
-        """The time window a dateFilter asks for: a dateTime, a Period, or a Duration back from now."""
+        """The time window a dateFilter asks for: a dateTime, a Period, or a Duration back from now (UTC instants).
+
+        Dates, and times without an offset, are read in the time zone of the record's clock (``now.tzinfo``: the
+        engine gives the clock in its local time zone), in UTC when there is no clock.
+        """
+        zone = self.now.tzinfo if self.now is not None else timezone.utc
         if "valueDuration" in date_filter and self.now is not None:
             delta = _duration(date_filter["valueDuration"])
-            return (self.now - delta, self.now) if delta is not None else None
+            now = self.now.astimezone(timezone.utc)  # elapsed time, not wall-clock time across a daylight saving change
+            return (now - delta, now) if delta is not None else None
         if "valuePeriod" in date_filter:
-            start = _span(date_filter["valuePeriod"].get("start"))
-            end = _span(date_filter["valuePeriod"].get("end"))
+            start = _span(date_filter["valuePeriod"].get("start"), zone)
+            end = _span(date_filter["valuePeriod"].get("end"), zone)
             return (start[0] if start else datetime.min.replace(tzinfo=timezone.utc),
                     end[1] if end else datetime.max.replace(tzinfo=timezone.utc))
         if "valueDateTime" in date_filter:
-            return _span(date_filter["valueDateTime"])
+            return _span(date_filter["valueDateTime"], zone)
         return None
 
     def _filter(self, rtype: str, code_filter: Mapping[str, Any], candidates: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -347,10 +354,15 @@ def _duration(quantity: Mapping[str, Any]) -> timedelta | None:
     return timedelta(hours=float(quantity["value"]) * hours) if hours is not None and "value" in quantity else None
 
 
-def _span(value: Any) -> tuple[datetime, datetime] | None:
-    """The interval a FHIR date, dateTime, instant or Period covers (a date covers its whole day, in UTC)."""
+def _span(value: Any, zone: tzinfo = timezone.utc) -> tuple[datetime, datetime] | None:
+    """The interval a FHIR date, dateTime, instant or Period covers, as UTC instants.
+
+    A date (a month, a year) covers its whole days in ``zone``: from the start of its first day to the end of
+    its last, so a day is 23 or 25 hours long across a daylight saving change; a time without an offset is
+    local time in ``zone``.
+    """
     if isinstance(value, Mapping):
-        start, end = _span(value.get("start")), _span(value.get("end"))
+        start, end = _span(value.get("start"), zone), _span(value.get("end"), zone)
         if start is None and end is None:
             return None
         return (start[0] if start else datetime.min.replace(tzinfo=timezone.utc),
@@ -359,21 +371,24 @@ def _span(value: Any) -> tuple[datetime, datetime] | None:
         return None
     try:
         if len(value) == 4:
-            start = datetime(int(value), 1, 1, tzinfo=timezone.utc)
-            return start, start.replace(year=start.year + 1) - timedelta(microseconds=1)
-        if len(value) == 7:
-            start = datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=timezone.utc)
+            start = datetime(int(value), 1, 1)
+            following = start.replace(year=start.year + 1)
+        elif len(value) == 7:
+            start = datetime(int(value[:4]), int(value[5:7]), 1)
             following = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-            return start, following - timedelta(microseconds=1)
-        if len(value) == 10:
-            start = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
-            return start, start + timedelta(days=1) - timedelta(microseconds=1)
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        elif len(value) == 10:
+            start = datetime.fromisoformat(value)
+            following = start + timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=zone)
+            moment = moment.astimezone(timezone.utc)
+            return moment, moment
+        return (start.replace(tzinfo=zone).astimezone(timezone.utc),
+                following.replace(tzinfo=zone).astimezone(timezone.utc) - timedelta(microseconds=1))
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment, moment
 
 
 def _overlaps(span: tuple[datetime, datetime] | None, window: tuple[datetime, datetime]) -> bool:

@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """Build the application: content compiled at start, so the first request is not slow."""
     settings = settings or Settings.load()
     logs.configure(settings.log_level)
-    engine = engine or Engine(load_content(settings.content_dir))
+    engine = engine or Engine(load_content(settings.content_dir), timezone=settings.timezone)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False

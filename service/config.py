@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.fhirpath import time_zone
+
 ENV_PREFIX = "BACK_SPASM_CDS_"
 
 
@@ -36,6 +38,7 @@ class Settings:
     trusted_clients: str | None = None        #: JSON file of trusted CDS clients (required in production)
     allow_unauthenticated: bool = True        #: development only: accept calls without a JWT
     log_level: str = "INFO"
+    timezone: str = "UTC"                     #: local time zone (IANA name) in which dates without a time are read
     workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
     threads: int = 4                          #: threads per worker
 
@@ -80,6 +83,10 @@ class Settings:
             raise ConfigError("mode must be development or production")
         if self.mode == "production" and not self.trusted_clients:
             raise ConfigError("production mode needs trusted_clients (the JSON file of the CDS clients to trust)")
+        try:
+            time_zone(self.timezone)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"timezone: {exc}") from exc
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
