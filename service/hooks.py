@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from protocol.requests import bundle_resources, calls_for_hook, run_calls
+from protocol.requests import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
 from service.cards import CardBuilder, response
 from protocol.engine import ApplyError
 from service.errors import BadRequest, NotFound
@@ -67,6 +67,10 @@ def call_service(service_id: str) -> Response:
     body = normalise_request(body)
     g.hook, g.hook_instance = body["hook"], body["hookInstance"]
     drafts = bundle_resources(body["context"].get("draftOrders"))
+    try:  # before any FHIR server is read: a draft for another patient is the client's mistake
+        check_draft_subjects(body["context"]["patientId"], drafts, [body.get("prefetch"), body["context"].get("draftOrders")])
+    except ApplyError as exc:
+        raise BadRequest(f"the request cannot be applied: {exc}") from None
     data, report = gather(service.prefetch, _fhir_server(body), state.settings, started, state.http, drafts)
     g.prefetch = report
     fetched = time.monotonic()

@@ -32,7 +32,9 @@ from tests.patients import (
     CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, HEART_FAILURE, MODERATE, PAIN_NRS, PHENELZINE, PT_REFERRAL, SPASM_ICD,
     SPASM_SCT, TRICYCLIC_ALLERGY, Patient, concept, when,
 )
-from tests.service_helpers import ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW, call, hook_body, make_app, outcome_diagnostics, without_uuids
+from tests.service_helpers import (
+    ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW, FhirStub, call, hook_body, make_app, outcome_diagnostics, without_uuids,
+)
 
 __all__ = ["engine"]
 
@@ -341,6 +343,17 @@ def test_the_service_answers_400_naming_the_draft_for_another_patient(app, clien
     assert answer.status_code == 400
     text = outcome_diagnostics(answer)
     assert "MedicationRequest/abc" in text and "someone-else" not in text
+
+
+def test_a_draft_for_another_patient_is_refused_before_any_fhir_server_is_read(app, client, httpserver):
+    patient = Patient(45)
+    patient.spasm(20)
+    FhirStub(patient.resources).mount(httpserver)
+    theirs = repoint(patient.draft_medication(CYCLOBENZAPRINE_5, draft_id="abc"), "Patient/someone-else")
+    body = hook_body(app, "order-sign", patient, [theirs], prefetch=False, fhir_server=httpserver.url_for("/fhir"))
+    answer = call(client, "order-sign", body, ORDER_SIGN)
+    assert answer.status_code == 400 and "MedicationRequest/abc" in outcome_diagnostics(answer)
+    assert len(httpserver.log) == 0, "nothing is fetched for a request that is refused"
 
 
 @pytest.fixture
