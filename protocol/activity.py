@@ -116,3 +116,31 @@ def new_request(definition: Mapping[str, Any], context: RequestContext) -> Json:
     if context.practitioner:
         out["requester"] = {"reference": context.practitioner}
     return out
+
+
+def drop_unreferenced_contained(resource: Json) -> None:
+    """Remove contained resources that nothing in the resource refers to any more (invariant dom-3).
+
+    A dynamicValue may replace the element that pointed at a contained resource (a corrected order that
+    names another product drops its ``medicationReference`` to ``#med``); the contained copy must go with it.
+    """
+    contained = resource.get("contained")
+    if not isinstance(contained, list) or not contained:
+        return
+    used: set[str] = set()
+    stack: list[Any] = [value for key, value in resource.items() if key != "contained"]
+    stack.extend(contained)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            ref = value.get("reference")
+            if isinstance(ref, str) and ref.startswith("#"):
+                used.add(ref[1:])
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    kept = [c for c in contained if not isinstance(c, dict) or c.get("id") in used]
+    if kept:
+        resource["contained"] = kept
+    else:
+        resource.pop("contained")

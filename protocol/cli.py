@@ -102,7 +102,29 @@ def cmd_apply(args: argparse.Namespace) -> int:
     write = bundle_r5 if args.r5 else careplan_r4
     outputs = [write(result) for result in results]
     _write_json(outputs[0] if len(outputs) == 1 else outputs, args.out)
+    for line in _warnings(results):
+        print(line, file=sys.stderr)
     return 0
+
+
+#: Priorities of the actions whose cards are warnings or critical (CDS Hooks indicator), echoed on stderr.
+_WARNING_PRIORITIES = {"urgent": "warning", "asap": "critical", "stat": "critical"}
+
+
+def _warnings(results: list[Any]) -> list[str]:
+    """One line per warning or critical finding and per problem the engine reported, so that a script sees
+    them (unreadable data, safety findings) without reading the CarePlan; they do not change the exit code."""
+    lines = []
+    for result in results:
+        for action in result.actions:
+            level = _WARNING_PRIORITIES.get(action.fields.get("priority"))
+            if level:
+                text = " ".join(part for part in (action.fields.get("title"), action.fields.get("description")) if part)
+                lines.append(f"{level}: {text}")
+        for issue in result.issues:
+            if issue.severity in ("warning", "error", "fatal"):
+                lines.append(f"{issue.severity}: {issue.diagnostics}")
+    return lines
 
 
 def cmd_package(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from protocol.activity import RequestContext, UnsupportedKind, new_request
+from protocol.activity import RequestContext, UnsupportedKind, drop_unreferenced_contained, new_request
 from protocol.content import Content
 from protocol.fhirpath import (CompiledExpression, EvaluationContext, Evaluator, FhirPathEvaluationError, default_evaluator,
                                time_zone)
@@ -565,6 +565,7 @@ class Engine:
             env = dict(extra_env)
             env["resource"] = [session.node(base)]
             self._set(base, dynamic, scope, where, env)
+        drop_unreferenced_contained(base)
         return base
 
     def _set(self, target: Json, dynamic: DynamicValue, scope: Scope, where: str, env: Mapping[str, list] | None = None) -> None:
