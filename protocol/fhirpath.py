@@ -299,10 +299,25 @@ def _parse_datetime(text: str) -> _DateTime | None:
         return None
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     fields = tuple(int(v) for v in (year, month, day, hour, minute, second) if v is not None)
+    if not _on_the_calendar(fields) or (zone not in (None, "Z") and (int(zone[1:3]) > 14 or int(zone[4:6]) > 59)):
+        return None
     offset = None
     if zone is not None:
         offset = 0 if zone == "Z" else int(zone[0] + "1") * (int(zone[1:3]) * 60 + int(zone[4:6]))
     return _DateTime(fields, fraction, offset, zone)
+
+
+def _on_the_calendar(fields: tuple[int, ...]) -> bool:
+    """Whether the components name a real moment: month 1-12, a day the month has, hour 0-23, minute and second 0-59
+    (``1961-13-45`` or ``2026-02-30`` look like dates but are not, and must not be read as one)."""
+    limits = ((1, 12), (1, None), (0, 23), (0, 59), (0, 59))
+    for position, value in enumerate(fields[1:]):
+        low, high = limits[position]
+        if high is None:
+            high = calendar.monthrange(fields[0], fields[1])[1] if fields[0] >= 1 else 31
+        if not low <= value <= high:
+            return False
+    return True
 
 
 def _temporal(item: Any) -> _DateTime | None:
@@ -1104,6 +1119,34 @@ def _fn_resolve(ctx: dict, inputs: list) -> list:
     return out
 
 
+def _calendar_checked(convert: Callable) -> Callable:
+    """fhirpathpy's toDate()/toDateTime(), giving empty for text that is shaped like a date but is not on the
+    calendar (its own check is only lexical)."""
+
+    def checked(ctx: Any, coll: list) -> Any:
+        if len(coll) == 1:
+            data = coll[0].data if isinstance(coll[0], ResourceNode) else coll[0]
+            text = data.asStr if isinstance(data, FP_DateTime) else data
+            if isinstance(text, str) and _parse_datetime(text) is None:
+                return []
+        return convert(ctx, coll)
+
+    return checked
+
+
+def _converts_on_the_calendar(convert: Callable) -> Callable:
+    """convertsToDate()/convertsToDateTime() that agree with the checked conversions."""
+    checked = _calendar_checked(convert)
+
+    def converts(ctx: Any, coll: list) -> list:
+        if len(coll) != 1:
+            return []
+        result = checked(ctx, coll)
+        return [not (result == [] or result is None)]
+
+    return converts
+
+
 def _function_table() -> dict[str, dict]:
     """The function table passed to fhirpathpy with every evaluation (built once)."""
     table: dict[str, dict] = {
@@ -1116,6 +1159,10 @@ def _function_table() -> dict[str, dict]:
         "highBoundary": {"fn": _fn_high_boundary, "arity": {0: [], 1: ["Integer"]}},
         "duration": {"fn": _fn_duration, "arity": {2: ["Any", "String"]}},
         "difference": {"fn": _fn_difference, "arity": {2: ["Any", "String"]}},
+        "toDate": {"fn": _calendar_checked(fp_misc.to_date)},
+        "toDateTime": {"fn": _calendar_checked(fp_misc.to_date_time)},
+        "convertsToDate": {"fn": _converts_on_the_calendar(fp_misc.to_date)},
+        "convertsToDateTime": {"fn": _converts_on_the_calendar(fp_misc.to_date_time)},
     }
     if CORRECTIONS_ACTIVE:
         table.update(_corrected_operators())

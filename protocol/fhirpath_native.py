@@ -2165,7 +2165,7 @@ def _to_datetime(data: list) -> list:
     value = _data(data[0])
     if type(value) is DateTime:
         return [value]
-    if type(value) is str and _FP_DATETIME_RE.match(value):
+    if type(value) is str and _FP_DATETIME_RE.match(value) and _parse_datetime(value) is not None:
         return [DateTime(value)]
     return []
 
