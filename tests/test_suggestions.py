@@ -333,9 +333,17 @@ def tablets_a_day(order: dict) -> float:
 
 
 def course_days(order: dict) -> float:
-    """PROTOCOL §4a: the largest of the bounds, the supply times fills, and the quantity times fills per tablets a day."""
+    """PROTOCOL §4a: the largest of the bounds (steps with different sequence numbers follow each other, so their
+    bounds add up), the supply times fills, and the quantity times fills per tablets a day."""
     fills = 1 + repeats(order)
-    lengths = [n for n in (step_days(d) for d in order["dosageInstruction"]) if n is not None]
+    steps = order["dosageInstruction"]
+    lengths = [n for n in (step_days(d) for d in steps) if n is not None]
+    first_of_sequence = {}
+    for d in steps:
+        if "sequence" in d and d["sequence"] not in first_of_sequence:
+            first_of_sequence[d["sequence"]] = step_days(d) or 0
+    if first_of_sequence:
+        lengths.append(sum(first_of_sequence.values()))
     dispense = order.get("dispenseRequest") or {}
     if dispense.get("expectedSupplyDuration"):
         supply = dispense["expectedSupplyDuration"]
@@ -681,10 +689,6 @@ def test_two_drafts_each_corrected_and_only_the_later_one_removed_as_a_duplicate
     assert len(course_cards) == 2, "each draft is checked: both run longer than 21 days"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "content: draftFixOffered (Library back-spasm-logic) is false for a duplicate draft, so the later draft's S8 card "
-    "is a warning with no suggestion; PROTOCOL §4 gives S8 on a draft 'suggestion to update the draft to 21 days' and "
-    "§4a says each of two drafts is checked, the later one *also* getting the S10 removal"))
 def test_the_later_of_two_drafts_also_gets_its_course_correction(app, client):
     """§4 S8 and §4a "each is checked": the later draft (5 mg TID for 28 days) gets an S8 card with its correction to
     21 days, beside the S10 card that offers to remove it (a clinician who overrides S10 still has the fix)."""
