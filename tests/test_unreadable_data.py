@@ -13,8 +13,17 @@ import json
 
 import pytest
 
+from protocol.fhirpath import EvaluationContext, FhirPathPyEvaluator
+from protocol.fhirpath_native import native_evaluator
 from tests.cds_support import cards, engine, find, get, review, text_of, view
-from tests.patients import CLOCK, CYCLOBENZAPRINE_10, SEVERE, SPASM_ICD, Patient, birth_date_for
+from tests.patients import (
+    CLOCK,
+    CYCLOBENZAPRINE_10,
+    SEVERE,
+    SPASM_ICD,
+    Patient,
+    birth_date_for,
+)
 from tests.test_cli_apply import AT, reuse_engine, run, write
 
 __all__ = ["engine", "reuse_engine"]
@@ -99,3 +108,21 @@ def test_apply_writes_the_warning_to_stderr_and_exits_0(tmp_path, capsys, reuse_
     assert code == 0 and careplan["resourceType"] == "CarePlan"
     assert "Patient.birthDate" in err and "not a date" not in err
     assert json.dumps(careplan).count("data-unreadable") >= 1
+
+
+@pytest.fixture(scope="module", params=["native", "fhirpathpy"])
+def evaluator(request):
+    return native_evaluator() if request.param == "native" else FhirPathPyEvaluator()
+
+
+@pytest.mark.parametrize("text,valid", [
+    ("1961-04-12", True), ("2024-02-29", True), ("1961", True), ("1961-04", True), ("1961-13-45", False), ("1961-02-30", False),
+    ("2023-02-29", False), ("1961-00", False), ("2026-11-24T25:00:00Z", False), ("2026-11-24T23:60:00Z", False),
+    ("2026-11-24T23:59:59+15:00", False), ("2026-11-24T23:59:59+14:00", True),
+])
+def test_dates_that_are_not_on_the_calendar_do_not_convert(evaluator, text, valid):
+    ctx = EvaluationContext(now=CLOCK, member_of=lambda concept, url: False, resolve=lambda reference: None)
+    function = "toDate" if "T" not in text else "toDateTime"
+    converted = evaluator.compile(f"'{text}'.{function}()")({}, ctx)
+    assert bool(converted) is valid
+    assert [evaluator.to_json(v) for v in evaluator.compile(f"'{text}'.convertsTo{function[2:]}()")({}, ctx)] == [valid]
