@@ -227,9 +227,8 @@ def reference(order: dict, product: tuple[str, str, str]) -> dict:
 
 
 def step_over_daily_limit_while_another_is_unreadable(order: dict, product: tuple[str, str, str]) -> bool:
-    """The known discrepancy (see test_titration_step_over_the_daily_limit_is_flagged_beside_an_unreadable_step):
-    no step is above 10 mg a dose, but one step is provably above 30 mg a day while another step's dose or
-    doses a day cannot be read. The engine then says only 'cannot be checked'."""
+    """No step is above 10 mg a dose, but one step is provably above 30 mg a day while another step's dose or doses
+    a day cannot be read (see test_titration_step_over_the_daily_limit_is_flagged_beside_an_unreadable_step)."""
     strength, extended = PRODUCTS[product]
     readings = [(step_dose_mg(s, strength), step_per_day(s)) for s in order.get("dosageInstruction") or []]
     per_dose_over = not extended and any(d is not None and d > 10 for d, _ in readings)
@@ -472,16 +471,12 @@ def test_without_bounds_supply_or_quantity_the_course_cannot_be_checked(engine):
     check(engine, order, product, s9="within", s8="cannot", parts={PART_COURSE})
 
 
-# ---------------------------------------------------------------------------------- known discrepancies (§4a, strict xfail)
+# ---------------------------------------------------------------------------------- cases that once went wrong
 
 #: A titration whose first step has no readable doses a day and whose second is 10 mg four times a day (40 mg a day).
 MASKED_TITRATION = [step(mg(5), bounds_days=7), step(mg(10), repeat=daily(4), bounds_days=14)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "§4a: the daily-dose limit holds for EACH dosage step. The content computes mg a day only when every step's dose "
-    "and doses a day can be read (draftStepDailyMg), so a step provably at 40 mg a day is not flagged when another "
-    "step's timing is unreadable: only draft-unreadable appears, never draft-dose-too-high."))
 def test_titration_step_over_the_daily_limit_is_flagged_beside_an_unreadable_step(engine):
     """Step 2 (10 mg four times a day = 40 mg a day) is over S9 whatever step 1 says; step 1's unknown frequency
     deserves its own warning but must not hide step 2's overdose."""
@@ -492,10 +487,6 @@ def test_titration_step_over_the_daily_limit_is_flagged_beside_an_unreadable_ste
     assert TOO_HIGH in cards(result), cards(result)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The draft-dose-too-high card's description is built as '... ' + %draftDoseMg + ' mg a dose, about ' + "
-    "%draftDailyMg.round(1) + ...; when the mg a day is unknown (no readable timing) the concatenation is empty and "
-    "the card has no description at all: the clinician is not told which dose is over the maximum."))
 def test_the_dose_card_says_the_dose_when_the_daily_amount_is_unknown(engine):
     """15 mg in one dose with no readable timing: the card is right to appear, and should say 15 mg."""
     product = CYCLOBENZAPRINE_10
@@ -504,11 +495,6 @@ def test_the_dose_card_says_the_dose_when_the_daily_amount_is_unknown(engine):
     assert "15" in description, repr(description)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "§4a: course = quantity x (1 + repeats) / tablets a day. When the doses a day pass through a rate that is not a "
-    "terminating decimal (3 a week = 3/7, one every 7 hours = 24/7) the content's decimal arithmetic rounds it, so a "
-    "course of exactly 21 days reads as a hair over 21 and gets draft-course-too-long, whose text then says 'about "
-    "21 days; a course is limited to 21 days' (in the property test the rounding falls either way)."))
 @pytest.mark.parametrize("repeat,count", [(daily(3, 1, "wk"), 9), (daily(1, 7, "h"), 72)], ids=["3-a-week-9-tablets", "every-7-h-72-tablets"])
 def test_a_course_of_exactly_21_days_read_from_the_quantity_is_not_over(engine, repeat, count):
     """9 tablets at 3 a week, or 72 tablets at one every 7 hours, last exactly 21 days: not over S8."""
@@ -519,7 +505,7 @@ def test_a_course_of_exactly_21_days_read_from_the_quantity_is_not_over(engine, 
 
 
 def exactly_21_days_through_a_repeating_decimal(order: dict, product: tuple[str, str, str]) -> bool:
-    """The known rounding case (see test_a_course_of_exactly_21_days_read_from_the_quantity_is_not_over): the
+    """The rounding case (see test_a_course_of_exactly_21_days_read_from_the_quantity_is_not_over): the
     course is exactly 21 days, no source gives more, the quantity gives it, and a step's doses a day pass through a
     rate that no decimal writes exactly (one dose period of 7 hours, a week, a month or a year: 24/7, 1/7, 1/30,
     1/365 a day), so decimal arithmetic lands a hair above or below 21."""
@@ -696,9 +682,9 @@ def test_random_dosages_agree_with_the_reference_reading(engine):
     draft-unreadable warning naming exactly the parts that cannot be read, and no other card.
 
     A quarter of the examples have their quantity set so that it alone gives exactly 21 or 22 days, to sit on the S8
-    boundary. Two classes differ by a known discrepancy (strict xfail tests above) and are counted: a step over 30
-    mg a day beside an unreadable step (the engine's answer, 'cannot', is checked instead), and a course of exactly
-    21 days through a repeating decimal (the engine may say over or within; either is accepted there).
+    boundary. Two classes that once went wrong are counted as they pass: a step over 30 mg a day beside an
+    unreadable step (over, not only 'cannot be checked'), and a course of exactly 21 days through a repeating
+    decimal (within).
     """
     SEEN.clear()
     patient = base()
@@ -714,13 +700,11 @@ def test_random_dosages_agree_with_the_reference_reading(engine):
             SEEN[f"quantity set for {course} days"] += 1
         want = reference(order, product)
         if step_over_daily_limit_while_another_is_unreadable(order, product):
-            SEEN["known discrepancy"] += 1
-            want = dict(want, s9="cannot")
+            SEEN["a step over the daily limit beside an unreadable step"] += 1
         result = review(engine, patient, order)
         got = verdicts(result)
         if exactly_21_days_through_a_repeating_decimal(order, product):
-            SEEN[f"known rounding (engine: {got['s8']})"] += 1
-            want = dict(want, s8=got["s8"] if got["s8"] in ("within", "over") else "within")
+            SEEN["exactly 21 days through a repeating decimal"] += 1
         assert cards(result) <= {TOO_HIGH, TOO_LONG, UNREADABLE}, cards(result)
         assert (got["s9"], got["s8"], got["parts"]) == (want["s9"], want["s8"], want["parts"]), (want, got, order)
         SEEN["examples"] += 1
