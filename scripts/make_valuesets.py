@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Build the protocol's FHIR R4 ValueSets from the shared terminology files.
 
-Reads the terminology lists (``clinical.json`` and the ``rxnorm-*.json`` files) and the
-publication metadata in ``protocol/publication.json``, and writes one
-``protocol/content/ValueSet-<id>.json`` per ValueSet. The output is deterministic: running
-the script twice gives byte-identical files.
+Reads the terminology lists (``clinical.json``, ``clinical-red-flags.json`` and the
+``rxnorm-*.json`` files) and the publication metadata in ``protocol/publication.json``, and
+writes one ``protocol/content/ValueSet-<id>.json`` per ValueSet. The output is deterministic:
+running the script twice gives byte-identical files.
 
     python scripts/make_valuesets.py                 # write the files
     python scripts/make_valuesets.py --check         # exit 1 and list the files that differ
@@ -12,7 +12,9 @@ the script twice gives byte-identical files.
 
 Only codes listed under ``codes`` in the terminology files are shipped; a code listed under
 ``unverified`` anywhere is refused, with one documented exception (the RxNorm ingredient
-21949, see ``ALLOWED_DESPITE_UNVERIFIED``). Standard library only.
+21949, see ``ALLOWED_DESPITE_UNVERIFIED``). From ``clinical-red-flags.json`` a code that the file
+also lists under ``notes.left_out`` is never shipped, and every row marked 'Optional' must have a
+decision in ``OPTIONAL_RED_FLAG_ROWS``. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -161,6 +164,166 @@ def _rx_sources(file: dict, code: dict) -> list[str]:
     raise ValueError(f"unknown source in {file['id']}: {src!r}")
 
 
+# clinical-red-flags.json: the same markers, except that each VSAC value set is named, so that the
+# descriptions of its ValueSets say which value set a code was seen in.
+RED_FLAGS_FILE = "clinical-red-flags.json"
+_VSAC_VALUE_SET = re.compile(r'\[VSAC\] canvas-plugins (v\d{4})/[\w.]+ value set "([^"]+)"')
+VSAC_CANVAS_NOTE = (
+    "The VSAC value sets were read in the expansions published in the canvas-medical/"
+    "canvas-plugins repository (`canvas_sdk/value_set`, folders v2022 and v2026); for each SNOMED "
+    "CT code the terminology file gives the file and line where it was seen."
+)
+
+
+def _red_flag_sources(code: dict) -> list[str]:
+    src = code["source"]
+    if src.lstrip().upper().startswith("UNVERIFIED"):
+        raise ValueError(f"{code['system']}|{code['code']} is listed under codes but its source "
+                         f"says unverified: {src!r}")
+    labels = [label for marker, label in CLINICAL_SOURCE_RULES
+              if marker != "[VSAC]" and marker in src]
+    vsac = _VSAC_VALUE_SET.findall(src)
+    if src.count("[VSAC]") != len(vsac):
+        raise ValueError(f"unreadable VSAC source for {code['system']}|{code['code']}: {src!r}")
+    for version, name in vsac:
+        label = f'the VSAC eCQM value set "{name}" ({version})'
+        if label not in labels:
+            labels.append(label)
+    if not labels:
+        raise ValueError(f"unknown source for {code['system']}|{code['code']}: {src!r}")
+    return labels
+
+
+# --------------------------------------------------------------------------------------------
+# Red flags and anticholinergic cautions (clinical-red-flags.json)
+
+RED_FLAG_GROUPS = ("back-pain-red-flags", "anticholinergic-cautions")
+
+_ICD_CODE = re.compile(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?")
+_SEQUELA_ENTRY = re.compile(r"\(7th character ([A-Z])\) .* under (.+)")
+
+
+def _icd_7th(code: str) -> str | None:
+    """The 7th character of an ICD-10-CM code (S22.000A -> 'A'), None for shorter codes."""
+    plain = code.replace(".", "")
+    return plain[6] if len(plain) == 7 else None
+
+
+def _not_malunion(c: dict) -> bool:
+    return not (c["system"] == ICD10CM and _icd_7th(c["code"]) == "P")
+
+
+# Rows whose subgroup starts with 'Optional' are broader than the protocol's red flags (cauda
+# equina syndrome, cord compression, spinal infection, vertebral fracture, spinal metastasis).
+# Each Optional subgroup needs a decision here, keyed by the start of its subgroup text (an
+# undecided one stops the build); the decision is a test on the row, True ships it. Why: see the
+# notes of back-pain-red-flags in TEXTS.
+OPTIONAL_RED_FLAG_ROWS = [
+    # A vertebral fracture that has not united (routine or delayed healing, nonunion) is still a
+    # vertebral fracture: the 7th character names the encounter, not the state of the bone.
+    # Malunion (P) means the fracture has united, like the sequela codes the file leaves out.
+    ("Optional: vertebral fracture, osteoporotic / collapsed vertebra, subsequent encounter",
+     _not_malunion),
+    ("Optional: traumatic thoracic or lumbar vertebral fracture, subsequent encounter",
+     _not_malunion),
+    # Metastases to the spinal cord, spinal meninges or cauda equina are spinal metastases.
+    ("Optional: secondary malignant neoplasm inside the spinal canal", lambda c: True),
+]
+
+# What is not shipped from the rows listed under ``codes``, by ValueSet: the Optional rows that the
+# decisions above leave out, and the rows that the file also lists under ``notes.left_out``. The
+# notes in TEXTS name these codes, so a change of the terminology file that changes this list
+# stops the build until the notes have been reread.
+RED_FLAG_NOT_SHIPPED = {
+    "back-pain-red-flags": {
+        (ICD10CM, "G95.81"),  # conus medullaris syndrome: also under notes.left_out
+        (ICD10CM, "C41.2"),  # primary malignant neoplasm of vertebral column: also left_out
+        (ICD10CM, "M80.08XP"),  # malunion (Optional row left out)
+        (ICD10CM, "M80.88XP"),  # malunion (Optional row left out)
+    },
+    "anticholinergic-cautions": set(),
+}
+
+
+def _left_out_test(entry: dict):
+    """A test (system, code) -> bool for one entry of notes.left_out.
+
+    SNOMED CT codes match exactly; an ICD-10-CM entry matches its code and every code below it
+    (S12 covers S12.000A); the entry for sequela codes ('(7th character S) ... under M48.5, S22.0')
+    matches the codes of those categories (named in its display) with that 7th character.
+    """
+    system, code = entry["system"], entry["code"]
+    if system == ICD10CM and _ICD_CODE.fullmatch(code):
+        return lambda s, c: s == ICD10CM and c.startswith(code)
+    if system == ICD10CM and (m := _SEQUELA_ENTRY.fullmatch(f"{code} {entry['display']}")):
+        char, categories = m.group(1), [x.strip() for x in m.group(2).split(",")]
+        return lambda s, c: (s == ICD10CM and _icd_7th(c) == char
+                             and any(c.startswith(cat) for cat in categories))
+    if system != ICD10CM and code.isdigit():
+        return lambda s, c: s == system and c == code
+    raise ValueError(f"cannot read the left_out entry {system}|{code!r} of {RED_FLAGS_FILE}")
+
+
+def _is_left_out(concept: dict, tests: list) -> bool:
+    return any(test(concept["system"], concept["code"]) for test in tests)
+
+
+def _red_flag_plan(gid: str, group: dict) -> dict:
+    """Shipped and not-shipped rows of one group of clinical-red-flags.json."""
+    tests = group["_left_out"]
+    shipped, dropped = [], []
+    for c in group["codes"]:
+        keep = not _is_left_out(c, tests)
+        if keep and c.get("subgroup", "").startswith("Optional"):
+            decisions = [d for prefix, d in OPTIONAL_RED_FLAG_ROWS
+                         if c["subgroup"].startswith(prefix)]
+            if len(decisions) != 1:
+                raise ValueError(f"{gid}: no decision for the Optional subgroup {c['subgroup']!r} "
+                                 f"(add it to OPTIONAL_RED_FLAG_ROWS)")
+            keep = decisions[0](c)
+        (shipped if keep else dropped).append(c)
+    not_shipped = {(c["system"], c["code"]) for c in dropped}
+    if not_shipped != RED_FLAG_NOT_SHIPPED[gid]:
+        raise ValueError(f"{gid}: the codes not shipped changed: {sorted(not_shipped)} instead of "
+                         f"{sorted(RED_FLAG_NOT_SHIPPED[gid])}; reread the notes and update "
+                         "RED_FLAG_NOT_SHIPPED")
+    return {"concepts": shipped, "from": f"group {gid} of {RED_FLAGS_FILE}"}
+
+
+def _check_not_left_out(vs_id: str, concepts: list[dict], term: dict) -> None:
+    tests = term["groups"][vs_id]["_left_out"] if vs_id in RED_FLAG_GROUPS else []
+    for c in concepts:
+        if _is_left_out(c, tests):
+            raise ValueError(f"{vs_id}: {(c['system'], c['code'])} is listed under notes.left_out "
+                             f"in {RED_FLAGS_FILE}")
+
+
+def _contents_markdown(vs_id: str, plan: dict, term: dict) -> str:
+    """What the set holds, by subgroup of the terminology file, with what was not shipped."""
+    shipped = {(c["system"], c["code"]) for c in plan[vs_id]["concepts"]}
+    rows: dict[str, list[dict]] = {}
+    for c in term["groups"][vs_id]["codes"]:
+        rows.setdefault(c["subgroup"], []).append(c)
+    head = "What the set holds, by subgroup of the terminology file"
+    if any(sub.startswith("Optional") for sub in rows):
+        head += (" (subgroups that start with 'Optional' are the broader rows; see the judgement "
+                 "calls)")
+    lines = [head + ":", ""]
+    for subgroup, codes in rows.items():
+        counts = []
+        for system in dict.fromkeys(c["system"] for c in codes):
+            n = sum(1 for c in codes if c["system"] == system
+                    and (c["system"], c["code"]) in shipped)
+            counts.append(f"{SYSTEM_NAMES[system]} {n}")
+        line = f"- {subgroup}: {', '.join(counts)}"
+        left = [c for c in codes if (c["system"], c["code"]) not in shipped]
+        if left:
+            line += " (not shipped: " + ", ".join(
+                f"{SYSTEM_NAMES[c['system']]} {c['code']}" for c in left) + ")"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -168,7 +331,8 @@ def _rx_sources(file: dict, code: dict) -> list[str]:
 def load_terminology(terminology_dir: Path) -> dict:
     """Read the terminology files: {'groups': {id: group}, 'rx': {id: file}, 'unverified': set}.
 
-    Each code gets ``system``, ``code`` and a cleaned ``display`` plus ``_sources`` (labels).
+    Each code gets ``system``, ``code`` and a cleaned ``display`` plus ``_sources`` (labels). The
+    groups of clinical-red-flags.json also get ``_left_out``: one test per notes.left_out entry.
     """
     terminology_dir = Path(terminology_dir)
     clinical = json.loads((terminology_dir / "clinical.json").read_text(encoding="utf-8"))
@@ -184,6 +348,21 @@ def load_terminology(terminology_dir: Path) -> dict:
         for raw in group.get("unverified", []):
             unverified.add((raw["system"], raw["code"]))
         groups[gid] = dict(group, codes=codes)
+    red_flags = json.loads((terminology_dir / RED_FLAGS_FILE).read_text(encoding="utf-8"))
+    left_out = red_flags.get("notes", {}).get("left_out", [])
+    for gid, group in red_flags["groups"].items():
+        if gid in groups or gid not in RED_FLAG_GROUPS:
+            raise ValueError(f"unexpected group {gid!r} in {RED_FLAGS_FILE}")
+        codes = []
+        for raw in group["codes"]:
+            c = dict(raw)
+            c["display"] = clean_display(raw["display"])
+            c["_sources"] = _red_flag_sources(raw)
+            codes.append(c)
+        for raw in group.get("unverified", []):
+            unverified.add((raw["system"], raw["code"]))
+        tests = [_left_out_test(e) for e in left_out if e["group"] == gid]
+        groups[gid] = dict(group, codes=codes, _left_out=tests)
     rx = {}
     for path in sorted(terminology_dir.glob("rxnorm-*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -612,6 +791,114 @@ TEXTS: dict[str, dict] = {
             "only in hospital) are not covered.",
         ],
     },
+    "back-pain-red-flags": {
+        "title": "Red flags of serious spinal pathology",
+        "summary": "Diagnoses that, in a patient with back pain, point to serious spinal "
+        "pathology to be ruled out before the pain is treated as simple muscle spasm: cauda "
+        "equina syndrome, compression of the spinal cord (compressive myelopathy included), "
+        "spinal infection, vertebral fracture and spinal metastasis. An active condition coded "
+        "from this set suspends the back-spasm protocol for the patient.",
+        "purpose": "Red flags first (protocol section 1): an active condition from this set "
+        "gives one critical card on patient-view that names it and asks for it to be evaluated "
+        "first, with no plan card, proposal or CarePlan; a cyclobenzaprine, lumbar-support, TENS "
+        "or traction draft order gets a warning card naming it.",
+        "notes": [
+            "Only active conditions count (clinical status active, recurrence or relapse, not "
+            "refuted or entered in error, no abatement in the past). A fracture or infection that "
+            "has healed stops the red flag once its Condition is resolved or given an abatement "
+            "date.",
+            "Subsequent-encounter fracture codes (the rows marked 'Optional' in the terminology "
+            "file) are included for routine healing (7th character D), delayed healing (G) and "
+            "nonunion (K), for traumatic thoracic and lumbar fractures and for osteoporotic "
+            "fractures and collapsed vertebrae. The 7th character says which visit the code was "
+            "recorded at, not that the fracture has been dealt with: an active condition with "
+            "such a code is a vertebral fracture that has not yet united, problem lists often "
+            "keep the code of the latest visit, and back pain during the healing of a vertebral "
+            "fracture is not simple mechanical pain.",
+            "Osteoporotic vertebral fracture with malunion (ICD-10-CM M80.08XP, M80.88XP, also "
+            "'Optional') is left out: the fracture has united, in a poor position, and is no "
+            "longer a fracture to rule out; for the same reason the terminology file leaves out "
+            "the sequela codes (7th character S) of every fracture category.",
+            "Metastases inside the spinal canal (SNOMED CT metastasis to the spinal cord, the "
+            "spinal meninges or the cauda equina, also 'Optional') are included: they are spinal "
+            "metastases and present with cord or cauda equina compression. No ICD-10-CM code "
+            "specific to them is among the verified codes, so an intraspinal metastasis coded "
+            "only in ICD-10-CM is not recognised.",
+            "Conus medullaris syndrome (ICD-10-CM G95.81) and primary malignant neoplasm of the "
+            "vertebral column (C41.2) are listed among the codes of the terminology file but also "
+            "among what it leaves out, as candidates for clinical review: the first is not stated "
+            "to be compressive, the second is a primary tumour, not a metastasis. They are not "
+            "shipped until a clinician decides; both are serious spinal conditions and a patient "
+            "coded with only one of them gets no red-flag card. Multiple myeloma (C90.0) is "
+            "left out as well.",
+            "Spinal metastasis: ICD-10-CM C79.51 (secondary malignant neoplasm of bone) and "
+            "C79.52 (of bone marrow) do not say which bone, so a bone metastasis at any site "
+            "counts, as do the SNOMED CT codes for metastasis to bone with no site. SNOMED CT "
+            "codes that name a bone other than the spine (rib, skull, limb bones and others) are "
+            "not included, so a metastasis coded only to such a bone does not count. Metastasis "
+            "to the pelvic bones, sacrum and coccyx counts because it names the sacrum.",
+            "Compression of the spinal cord includes spondylosis and disc disorders with "
+            "myelopathy at every level, cervical included. Myelopathies that are not stated to "
+            "be compressive (transverse myelitis, drug or radiation myelopathy, myelopathy in "
+            "diseases classified elsewhere) are left out, and so is SNOMED CT 202664003 "
+            "(Cervical myelopathy), whose cause is not given.",
+            "Spinal infection: vertebral osteomyelitis, infective discitis (ICD-10-CM M46.4- "
+            "discitis, unspecified, included), other infective spondylopathies, tuberculosis of "
+            "the spine, gonococcal spondylopathy and intraspinal abscess (G06.1, which also "
+            "covers intraspinal granuloma). G06.2 (extradural or subdural abscess, site not "
+            "given) is left out because it may be intracranial. No SNOMED CT code for a "
+            "non-tuberculous spinal epidural abscess was verified (only ICD-10-CM G06.1 catches "
+            "it), and SNOMED CT 447332005 (tuberculous abscess of epidural space) is not shipped "
+            "because its source did not show it as spinal. A tuberculous abscess of the spinal "
+            "cord (SNOMED CT 417484006) counts as an intraspinal abscess; tuberculosis or a "
+            "tuberculoma of the spinal cord or spinal meninges without an abscess or vertebral "
+            "involvement is left out.",
+            "Vertebral fracture: traumatic fractures of the thoracic and lumbar vertebrae (initial "
+            "encounter, closed or open) and osteoporotic, pathological or compression fractures "
+            "and collapsed vertebrae at any level. Traumatic fractures of the cervical spine, "
+            "sacrum and coccyx, fatigue (stress) fractures of a vertebra, and pathological "
+            "fractures coded to 'other site' (which do not name the spine) are left out.",
+            "Aortic aneurysm and dissection can present as back pain but are not spinal pathology "
+            "and are outside this rule; ankylosing spondylitis is left out too.",
+        ],
+    },
+    "anticholinergic-cautions": {
+        "title": "Conditions calling for caution with cyclobenzaprine (atropine-like action)",
+        "summary": "Urinary retention, angle-closure glaucoma (with eyes at risk of angle "
+        "closure) and raised intraocular pressure: the conditions in which the cyclobenzaprine "
+        "labelling asks for caution because of the drug's atropine-like action. A condition "
+        "from this set on record, active or resolved, makes the cyclobenzaprine proposal a "
+        "warning.",
+        "purpose": "Safety rule S13: cyclobenzaprine is still proposed, but the proposal card is "
+        "a warning naming the condition and the risk (retention made worse, an acute rise in eye "
+        "pressure); a cyclobenzaprine draft order gets a warning card with override reasons and "
+        "no suggestion to remove it.",
+        "notes": [
+            "The labelling speaks of a history of these conditions, so a resolved condition "
+            "counts too; only records that are refuted or entered in error are ignored.",
+            "Urinary retention of any kind is included (acute, chronic, drug-induced, "
+            "postprocedural, unspecified). Incomplete emptying of the bladder (SNOMED CT "
+            "249288007) is left out because it is not recorded as retention.",
+            "Angle closure: primary angle-closure glaucoma of every type, eye and stage (acute, "
+            "chronic, intermittent, residual) and secondary angle-closure glaucoma are included. "
+            "Eyes with a narrow angle or a primary angle closure without glaucoma damage "
+            "(ICD-10-CM H40.03-, H40.06-; SNOMED CT angle-closure glaucoma suspect) are included "
+            "too, on the side of caution: they are the eyes in which a drug that dilates the "
+            "pupil can set off an acute angle closure. SNOMED CT 419422001 (Narrow angle) and "
+            "392300000 (Phacomorphic glaucoma) and ICD-10-CM H40.83 (Aqueous misdirection) are "
+            "not shipped: their sources did not show them as angle closure.",
+            "Raised intraocular pressure is coded as ocular hypertension (ICD-10-CM H40.05-, "
+            "SNOMED CT 4210003). A steroid responder (H40.04) is left out: it is a tendency to "
+            "raised pressure under steroids, not raised pressure.",
+            "Open-angle glaucoma, open angle with borderline findings, preglaucoma, glaucoma "
+            "suspect, glaucoma of unstated type (SNOMED CT 23986001) and secondary glaucoma whose "
+            "mechanism is not stated (ICD-10-CM H40.3-H40.6) are left out: the labelling names "
+            "angle closure, not glaucoma in general. A patient whose glaucoma is recorded "
+            "without its type gets no caution card.",
+            "The labelling also asks for caution in patients taking anticholinergic medication. "
+            "This set holds conditions only; that part of the caution is not covered by it.",
+        ],
+    },
 }
 
 for _suffix, _name, _mg in STRENGTHS:
@@ -664,6 +951,8 @@ VALUESET_IDS = [
     "tricyclic-antidepressants",
     "cns-depressants",
     "cyclobenzaprine-allergens",
+    "back-pain-red-flags",
+    "anticholinergic-cautions",
 ]
 
 
@@ -686,6 +975,9 @@ def _plan(term: dict) -> dict[str, dict]:
     groups, rx = term["groups"], term["rx"]
     plan: dict[str, dict] = {}
     for gid, group in groups.items():
+        if gid in RED_FLAG_GROUPS:
+            plan[gid] = _red_flag_plan(gid, group)
+            continue
         concepts = group["codes"]
         if gid == "back-muscle-spasm":
             concepts = [c for c in concepts if (c["system"], c["code"]) not in BACK_SPASM_EXCLUDED]
@@ -782,6 +1074,10 @@ def _sources_markdown(vs_id: str, plan: dict, concepts: list[dict], term: dict) 
     lines.append("")
     for system, labels in by_system.items():
         lines.append(f"- {SYSTEM_NAMES.get(system, system)}: {'; '.join(labels)}")
+    if vs_id in RED_FLAG_GROUPS and any(label.startswith("the VSAC") for labels in
+                                        by_system.values() for label in labels):
+        lines.append("")
+        lines.append(VSAC_CANVAS_NOTE)
     return "\n".join(lines)
 
 
@@ -825,6 +1121,7 @@ def build_valuesets(terminology_dir: Path, publication: dict) -> dict[str, dict]
         else:
             expansions[vs_id] = item["concepts"]
         _check_verified(vs_id, expansions[vs_id], term["unverified"])
+        _check_not_left_out(vs_id, expansions[vs_id], term)
 
     result: dict[str, dict] = {}
     for vs_id in VALUESET_IDS:
@@ -843,6 +1140,7 @@ def build_valuesets(terminology_dir: Path, publication: dict) -> dict[str, dict]
                     for c in concepts]
         description = "\n\n".join([
             texts["summary"],
+            *([_contents_markdown(vs_id, plan, term)] if vs_id in RED_FLAG_GROUPS else []),
             _sources_markdown(vs_id, plan, concepts, term),
             "Judgement calls:\n\n" + "\n".join(f"- {n}" for n in texts["notes"]),
         ])
@@ -919,7 +1217,8 @@ def is_local(valueset: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--terminology", type=Path, default=DEFAULT_TERMINOLOGY,
-                        help="folder of clinical.json and rxnorm-*.json (default: %(default)s)")
+                        help="folder of clinical.json, clinical-red-flags.json and rxnorm-*.json "
+                        "(default: %(default)s)")
     parser.add_argument("--publication", type=Path, default=DEFAULT_PUBLICATION,
                         help="publication metadata (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,

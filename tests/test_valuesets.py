@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -38,6 +39,9 @@ GROUP_IDS = [
     "cyclobenzaprine-cardiac-contraindications", "allergy-substances", "observation-codes",
     "condition-status",
 ]
+# Groups of clinical-red-flags.json (PROTOCOL section 1 red flags and safety rule S13).
+RED_FLAG_IDS = ["back-pain-red-flags", "anticholinergic-cautions"]
+RED_FLAGS_FILE = TERMINOLOGY_DIR / "clinical-red-flags.json"
 RX_IDS = ["cyclobenzaprine", "maoi", "serotonergic-drugs", "tricyclic-antidepressants",
           "cns-depressants"]
 STRENGTH_IDS = {"cyclobenzaprine-5-mg": 5.0, "cyclobenzaprine-7-5-mg": 7.5,
@@ -59,11 +63,12 @@ UNIONS = {
     "cyclobenzaprine-allergens": ["cyclobenzaprine", "tricyclic-antidepressants",
                                   "allergy-substances"],
 }
-ALL_IDS = set(GROUP_IDS) | set(RX_IDS) | set(SUBSETS) | set(UNIONS)
+ALL_IDS = set(GROUP_IDS) | set(RED_FLAG_IDS) | set(RX_IDS) | set(SUBSETS) | set(UNIONS)
 
-# Where each ValueSet's codes must come from: clinical.json groups and/or rxnorm files.
+# Where each ValueSet's codes must come from: groups of clinical.json or clinical-red-flags.json
+# and/or rxnorm files.
 SOURCES = {
-    **{g: [("group", g)] for g in GROUP_IDS},
+    **{g: [("group", g)] for g in GROUP_IDS + RED_FLAG_IDS},
     **{r: [("rx", r)] for r in RX_IDS},
     **{s: [("group", p)] if p in GROUP_IDS else [("rx", p)] for s, p in SUBSETS.items()},
     "cyclobenzaprine-allergens": [("rx", "cyclobenzaprine"), ("rx", "tricyclic-antidepressants"),
@@ -112,11 +117,13 @@ def _norm(text: str) -> str:
 @pytest.fixture(scope="module")
 def terminology():
     """{('group'|'rx', id): {(system, code): raw}}, and the set of every unverified code."""
-    clinical = json.loads((TERMINOLOGY_DIR / "clinical.json").read_text(encoding="utf-8"))
     sources, unverified = {}, set()
-    for gid, group in clinical["groups"].items():
-        sources[("group", gid)] = {(c["system"], c["code"]): c for c in group["codes"]}
-        unverified |= {(c["system"], c["code"]) for c in group.get("unverified", [])}
+    for name in ("clinical.json", "clinical-red-flags.json"):
+        clinical = json.loads((TERMINOLOGY_DIR / name).read_text(encoding="utf-8"))
+        for gid, group in clinical["groups"].items():
+            assert ("group", gid) not in sources, f"group {gid} in two files"
+            sources[("group", gid)] = {(c["system"], c["code"]): c for c in group["codes"]}
+            unverified |= {(c["system"], c["code"]) for c in group.get("unverified", [])}
     for path in TERMINOLOGY_DIR.glob("rxnorm-*.json"):
         data = json.loads(path.read_text(encoding="utf-8"))
         sources[("rx", data["id"])] = {
@@ -358,3 +365,206 @@ def test_valuesets_validate_with_fhir_resources(committed):
         model = ValueSet.model_validate(vs)
         assert model.id == vs_id
         assert len(model.expansion.contains) == vs["expansion"]["total"]
+
+
+# ------------------------------------------------------------------------------------------
+# Red flags (PROTOCOL section 1) and anticholinergic cautions (S13), from clinical-red-flags.json
+
+# Codes that stand for each red-flag category and each anticholinergic caution, chosen here (not
+# read from the terminology file) so that a category that disappears from the file is noticed.
+RED_FLAG_CATEGORIES = {
+    "cauda equina syndrome": [(ICD10CM, "G83.4"), (SNOMED, "192970008")],
+    "spinal cord compression": [(ICD10CM, "G95.20"), (SNOMED, "71286001"),
+                                (ICD10CM, "M51.06")],  # disc disorder with myelopathy, lumbar
+    "spinal infection": [(ICD10CM, "M46.26"), (ICD10CM, "M46.36"), (ICD10CM, "G06.1"),
+                         (ICD10CM, "A18.01"), (SNOMED, "203241002"), (SNOMED, "2304001")],
+    "vertebral fracture": [(ICD10CM, "S32.000A"), (ICD10CM, "S22.000A"), (ICD10CM, "M48.56XA"),
+                           (ICD10CM, "M80.08XA"), (SNOMED, "207957008"), (SNOMED, "274146004")],
+    "spinal metastasis": [(ICD10CM, "C79.51"), (SNOMED, "94602001"), (SNOMED, "94389000")],
+}
+ANTICHOLINERGIC_CATEGORIES = {
+    "urinary retention": [(ICD10CM, "R33.9"), (ICD10CM, "R33.0"), (SNOMED, "267064002")],
+    "angle-closure glaucoma": [(ICD10CM, "H40.211"), (ICD10CM, "H40.20X0"),
+                               (SNOMED, "392291006"), (SNOMED, "30041005")],
+    "raised intraocular pressure": [(ICD10CM, "H40.051"), (ICD10CM, "H40.059"),
+                                    (SNOMED, "4210003")],
+}
+# What was decided about the rows of clinical-red-flags.json (see the ValueSet's notes): the
+# Optional subsequent-encounter fracture rows and intraspinal metastases are shipped, malunion is
+# not; G95.81 and C41.2 are listed under both codes and notes.left_out, and are not shipped.
+RED_FLAG_NOT_SHIPPED = {(ICD10CM, "G95.81"), (ICD10CM, "C41.2"),
+                        (ICD10CM, "M80.08XP"), (ICD10CM, "M80.88XP")}
+
+
+@pytest.fixture(scope="module")
+def red_flags_file():
+    return json.loads(RED_FLAGS_FILE.read_text(encoding="utf-8"))
+
+
+def _left_out(entry: dict, key: tuple[str, str]) -> bool:
+    """Independent reading of a notes.left_out entry: SNOMED CT exact, ICD-10-CM the code and
+    every code below it, the sequela entry every code of its categories with 7th character S."""
+    system, code = key
+    if system != entry["system"]:
+        return False
+    if system == SNOMED:
+        return code == entry["code"]
+    if entry["code"].startswith("(7th character"):
+        char = re.search(r"7th character ([A-Z])", entry["code"]).group(1)
+        cats = [c.strip() for c in entry["display"].split(" under ", 1)[1].split(",")]
+        plain = code.replace(".", "")
+        return len(plain) == 7 and plain[-1] == char and any(code.startswith(c) for c in cats)
+    return code.startswith(entry["code"])
+
+
+def test_red_flag_valuesets_exist_with_icd_and_snomed_codes(committed):
+    for vs_id in RED_FLAG_IDS:
+        assert (CONTENT_DIR / f"ValueSet-{vs_id}.json").is_file()
+        vs = committed[vs_id]
+        assert vs["id"] == vs_id and vs["url"] == _url(vs_id)
+        systems = {s for s, _ in _codes(vs)}
+        assert systems == {ICD10CM, SNOMED}, vs_id
+        assert [inc["system"] for inc in vs["compose"]["include"]] == [ICD10CM, SNOMED]
+        assert "SNOMED" in vs["copyright"]
+
+
+def test_back_pain_red_flags_cover_every_red_flag(committed):
+    codes = set(_codes(committed["back-pain-red-flags"]))
+    for category, keys in RED_FLAG_CATEGORIES.items():
+        missing = [k for k in keys if k not in codes]
+        assert not missing, f"{category}: {missing}"
+        assert {s for s, _ in keys} == {ICD10CM, SNOMED}, category  # both systems per red flag
+
+
+def test_anticholinergic_cautions_cover_every_caution(committed):
+    codes = set(_codes(committed["anticholinergic-cautions"]))
+    for caution, keys in ANTICHOLINERGIC_CATEGORIES.items():
+        missing = [k for k in keys if k not in codes]
+        assert not missing, f"{caution}: {missing}"
+        assert {s for s, _ in keys} == {ICD10CM, SNOMED}, caution
+    # open-angle glaucoma and glaucoma of unstated type are not in it
+    assert not [c for s, c in codes if s == ICD10CM and c.startswith(("H40.1", "H40.3", "H40.4",
+                                                                       "H40.5", "H40.6"))]
+    assert (SNOMED, "23986001") not in codes
+
+
+def test_red_flag_valuesets_ship_no_unverified_code(committed, red_flags_file):
+    unverified = {vs_id: {(c["system"], c["code"]) for c in g["unverified"]}
+                  for vs_id, g in red_flags_file["groups"].items()}
+    assert all(unverified.values()), "each group lists unverified codes; the check must see them"
+    every = set().union(*unverified.values())
+    for vs_id, vs in committed.items():
+        assert not every & set(_codes(vs)), vs_id
+
+
+def test_red_flag_valuesets_ship_no_left_out_code(committed, red_flags_file):
+    entries = red_flags_file["notes"]["left_out"]
+    assert {e["group"] for e in entries} == set(RED_FLAG_IDS)
+    for vs_id in RED_FLAG_IDS:
+        mine = [e for e in entries if e["group"] == vs_id]
+        for key in _codes(committed[vs_id]):
+            hits = [e["code"] for e in mine if _left_out(e, key)]
+            assert not hits, f"{vs_id} ships {key}, left out in the terminology file as {hits}"
+    codes = set(_codes(committed["back-pain-red-flags"]))
+    # the sequela entry and category entries are read as intended
+    assert not [c for s, c in codes if s == ICD10CM and re.fullmatch(r".{3}\..{3}S", c)]
+    assert not [c for s, c in codes if s == ICD10CM and c.startswith(("S12", "S32.1", "S32.2"))]
+
+
+def test_red_flag_rows_shipped_as_decided(committed, red_flags_file):
+    """Every row of the file is shipped except the four decided against; the Optional rows that
+    fit the protocol's red flags are in."""
+    for vs_id in RED_FLAG_IDS:
+        rows = red_flags_file["groups"][vs_id]["codes"]
+        listed = [(c["system"], c["code"]) for c in rows]
+        expected = [k for k in listed if k not in RED_FLAG_NOT_SHIPPED]
+        shipped = _codes(committed[vs_id])
+        assert sorted(shipped) == sorted(expected), vs_id
+        assert set(listed) >= (RED_FLAG_NOT_SHIPPED if vs_id == "back-pain-red-flags" else set())
+    rows = red_flags_file["groups"]["back-pain-red-flags"]["codes"]
+    optional = [c for c in rows if c["subgroup"].startswith("Optional")]
+    assert optional, "the file marks broader rows as Optional"
+    shipped = set(_codes(committed["back-pain-red-flags"]))
+    for c in optional:
+        key = (c["system"], c["code"])
+        malunion = c["system"] == ICD10CM and c["code"].endswith("P")
+        assert (key in shipped) != malunion, key
+    for key in [(ICD10CM, "S32.000D"), (ICD10CM, "S22.000G"), (ICD10CM, "S32.059K"),
+                (ICD10CM, "M48.56XD"), (ICD10CM, "M80.08XK"), (SNOMED, "94600009"),
+                (SNOMED, "94601008"), (SNOMED, "94242004")]:
+        assert key in shipped, key
+    description = committed["back-pain-red-flags"]["description"]
+    for text in ("Optional", "malunion", "M80.08XP", "M80.88XP", "G95.81", "C41.2", "nonunion"):
+        assert text in description, text
+
+
+def test_red_flag_descriptions_name_sources_and_categories(committed):
+    for vs_id in RED_FLAG_IDS:
+        description = committed[vs_id]["description"]
+        assert "the CMS ICD-10-CM code table" in description
+        assert "IPS free set" in description
+        assert 'VSAC eCQM value set "' in description
+        assert "Judgement calls:" in description
+    assert "cauda equina" in committed["back-pain-red-flags"]["description"]
+    assert "atropine-like" in committed["anticholinergic-cautions"]["description"]
+    assert committed["back-pain-red-flags"]["name"] == "BackPainRedFlags"
+    assert committed["anticholinergic-cautions"]["name"] == "AnticholinergicCautions"
+
+
+def _edited_terminology(folder, edit):
+    """A copy of the terminology files with clinical-red-flags.json changed by edit(data)."""
+    shutil.copytree(TERMINOLOGY_DIR, folder)
+    folder.chmod(0o755)
+    path = folder / "clinical-red-flags.json"
+    path.chmod(0o644)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
+def _add_row(group, system, code, subgroup):
+    def edit(data):
+        data["groups"][group]["codes"].append(
+            {"system": system, "code": code, "display": "added by the test", "subgroup": subgroup,
+             "source": "CMS ICD-10-CM April 2026 table (simple-icd-10-cm 1.5.0)"
+             if system == ICD10CM else "[IPS] HL7/fhir-ips ProblemsSnomedCtIpsFreeSet.fsh"})
+    return edit
+
+
+def test_an_unverified_red_flag_code_is_refused(script, tmp_path):
+    def edit(data):
+        group = data["groups"]["anticholinergic-cautions"]
+        group["codes"].append(dict(group["unverified"][0],
+                                   source="[IPS] HL7/fhir-ips ProblemsSnomedCtIpsFreeSet.fsh"))
+    folder = _edited_terminology(tmp_path / "t", edit)
+    with pytest.raises(ValueError, match="unverified"):
+        script.build_valuesets(folder, PUBLICATION)
+
+
+def test_a_left_out_code_listed_among_the_codes_is_not_shipped(script, tmp_path, monkeypatch):
+    # S12.000A is under S12 (traumatic cervical fracture), which notes.left_out leaves out.
+    folder = _edited_terminology(tmp_path / "t", _add_row(
+        "back-pain-red-flags", ICD10CM, "S12.000A", "Vertebral fracture: added"))
+    with pytest.raises(ValueError, match="not shipped changed"):  # the notes must be reread
+        script.build_valuesets(folder, PUBLICATION)
+    not_shipped = script.RED_FLAG_NOT_SHIPPED["back-pain-red-flags"] | {(ICD10CM, "S12.000A")}
+    monkeypatch.setitem(script.RED_FLAG_NOT_SHIPPED, "back-pain-red-flags", not_shipped)
+    built = script.build_valuesets(folder, PUBLICATION)
+    assert (ICD10CM, "S12.000A") not in _codes(built["back-pain-red-flags"])
+
+
+def test_an_undecided_optional_subgroup_stops_the_build(script, tmp_path):
+    folder = _edited_terminology(tmp_path / "t", _add_row(
+        "back-pain-red-flags", ICD10CM, "M46.1", "Optional: sacroiliitis"))
+    with pytest.raises(ValueError, match="no decision for the Optional subgroup"):
+        script.build_valuesets(folder, PUBLICATION)
+
+
+def test_red_flag_check_reports_no_drift(script, generated, capsys):
+    for vs_id in RED_FLAG_IDS:
+        path = CONTENT_DIR / f"ValueSet-{vs_id}.json"
+        assert path.read_text(encoding="utf-8") == script.render(generated[vs_id])
+    capsys.readouterr()
+    assert script.main(["--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
