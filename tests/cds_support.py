@@ -30,7 +30,7 @@ VS = "http://example.org/fhir/back-spasm-cds/ValueSet/"
 
 #: The patient-view cards that are about cyclobenzaprine (a proposal, the reason it is withheld, or a warning).
 MEDICATION_CARDS = frozenset({
-    "cyclobenzaprine-proposal", "cns-depressant-note", "withheld-maoi", "withheld-cardiac",
+    "cyclobenzaprine-proposal", "withheld-maoi", "withheld-cardiac",
     "withheld-allergy", "withheld-hepatic", "withheld-older-adult", "withheld-duplicate", "cyclobenzaprine-beyond-21-days",
 })
 

@@ -581,8 +581,10 @@ def test_s12_cns_depressant_keeps_the_proposal_with_an_info_note(engine, kind):
     result = view(engine, patient)
     assert proposed(result)
     note = get(result, "cns-depressant-note")
-    assert rule_codes(note) == {"S12"} and note.fields["priority"] == "routine"
-    assert "tramadol" in text_of(note).lower() and "sedation" in text_of(note)
+    card = get(result, "cyclobenzaprine-proposal")
+    assert note in card.children, "S12 is a note on the proposal card"
+    assert rule_codes(note) == {"S12"}
+    assert "tramadol" in text_of(note).lower() and "sedation" in text_of(note) and "sedation" in card.fields["title"]
 
 
 def test_s12_stopped_cns_depressant_is_ignored(engine):
