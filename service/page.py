@@ -6,8 +6,11 @@ findings, data requirements), the ValueSets and CodeSystems and ``publication.js
 labels are written here, so a change to an artifact shows up on the page at the next start.
 
 Every action of every PlanDefinition has an HTML anchor equal to its id, because the CDS Hooks cards link to
-``{base}/protocol#<action id>``. The page is public documentation: this blueprint has no authentication hook
-(the CDS Hooks and FHIR blueprints authenticate their own requests).
+``{base}/protocol#<action id>``. A rule that suspends the protocol (a card whose finding every other card of its
+PlanDefinition requires to be empty, such as the red flags) is found by reading the applicability conditions
+and the Library's findings, and is shown first, with the ValueSet its finding reads, its evidence and its cards.
+The page is public documentation: this blueprint has no authentication hook (the CDS Hooks and FHIR blueprints
+authenticate their own requests).
 
 The page is rendered once, when the blueprint is registered on an application, and served from memory with
 an ETag. Links to artifacts are relative (``protocol/artifacts/Type-id.json`` and ``fhir/Type/id``), so they
@@ -178,6 +181,80 @@ def split_concatenation(expression: str) -> list[str]:
     return parts
 
 
+def _outside_flags(expression: str) -> list[bool]:
+    """For each character: True when it stands outside strings and brackets (and is not a bracket or quote)."""
+    flags, depth, quote, i = [False] * len(expression), 0, None, 0
+    while i < len(expression):
+        ch = expression[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            flags[i] = True
+        i += 1
+    return flags
+
+
+def _strip_parentheses(expression: str) -> str:
+    """``(a and b)`` -> ``a and b`` when the outer brackets enclose the whole expression."""
+    expression = expression.strip()
+    while expression.startswith("(") and expression.endswith(")") and _balanced(expression[1:-1]):
+        expression = expression[1:-1].strip()
+    return expression
+
+
+def _balanced(expression: str) -> bool:
+    depth, quote, i = 0, None, 0
+    while i < len(expression):
+        ch = expression[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
+
+
+def split_top_level(expression: str, separator: str) -> list[str]:
+    """The operands of ``expression`` split where ``separator`` (a regular expression) stands outside strings and brackets."""
+    flags = _outside_flags(expression)
+    parts, start = [], 0
+    for match in re.finditer(separator, expression):
+        if match.start() >= start and all(flags[match.start():match.end()]):
+            parts.append(expression[start:match.start()].strip())
+            start = match.end()
+    parts.append(expression[start:].strip())
+    return parts
+
+
+def conjuncts(expression: str) -> list[str]:
+    """The operands of a top-level ``and`` chain, each without enclosing brackets."""
+    return [_strip_parentheses(part) for part in split_top_level(_strip_parentheses(expression), r"\band\b")]
+
+
+_EMPTY_TEST = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)\s*\.\s*(?:empty\(\s*\)|exists\(\s*\)\s*\.\s*not\(\s*\))")
+_EXISTS_TEST = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)\s*\.\s*exists\(\s*\)")
+_BARE_VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
+
+
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 _STRONG = re.compile(r"\*\*([^*]+)\*\*")
 _BULLET = re.compile(r"^\s*[-*]\s+")
@@ -221,6 +298,25 @@ class Phase:
     high: float | None
 
 
+@dataclass
+class Suspension:
+    """A rule that suspends the protocol: while ``finding`` exists, every other card of ``plan`` is held back."""
+    plan: Json
+    card: Json               #: the top-level action of ``plan`` that is given instead
+    finding: str             #: the Library finding whose existence suspends the protocol
+    coding: Json             #: the rule's code (system and code), empty when the card has none
+    concept: Json            #: the CodeSystem concept of the code (display, definition), else empty
+    actions: list[Json]      #: every action of every PlanDefinition that carries the code (or just ``card``)
+
+    @property
+    def anchor(self) -> str:
+        return f"rule-{self.coding.get('code') or self.card.get('id')}"
+
+    @property
+    def label(self) -> str:
+        return str(self.concept.get("display") or self.coding.get("display") or self.card.get("title") or self.card.get("id"))
+
+
 # -- rendering ------------------------------------------------------------------------------------------------
 
 class PageRenderer:
@@ -244,6 +340,12 @@ class PageRenderer:
                     if action.get("id"):
                         self.card_of.setdefault(action["id"], top)
                         self.plan_of.setdefault(action["id"], plan)
+        self.requirement_valuesets: dict[str, list[str]] = {
+            str(dr["id"]): [str(cf["valueSet"]) for cf in dr.get("codeFilter") or [] if isinstance(cf, dict) and cf.get("valueSet")]
+            for dr in (self.library or {}).get("dataRequirement") or [] if isinstance(dr, dict) and dr.get("id")}
+        self.suspensions = self._suspensions()
+        self.moved = {id(s_action) for s in self.suspensions for s_action in s.actions if self.card_of.get(s_action.get("id", "")) is s_action}
+        self.moved |= {id(a) for a in self.plan_variants()}
 
     # helpers ------------------------------------------------------------------------------------------------
     def _concepts(self, concepts: Any) -> Iterator[Json]:
@@ -266,6 +368,117 @@ class PageRenderer:
             if any(isinstance(c, dict) and c.get("timingRange") for c in action.get("action") or []):
                 return action
         return None
+
+    # reading the logic ------------------------------------------------------------------------------------------
+    @staticmethod
+    def condition_expressions(action: Json) -> list[str]:
+        """The applicability expressions of an action (all must hold for it to be given)."""
+        out = []
+        for condition in action.get("condition") or []:
+            expression = (condition.get("expression") or {}).get("expression") if isinstance(condition, dict) else None
+            if isinstance(expression, str) and condition.get("kind", "applicability") == "applicability":
+                out.append(expression)
+        return out
+
+    def required_empty(self, expression: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        """Findings that must be empty for ``expression`` to hold: ``%x.empty()`` operands of its top-level ``and``
+        chain, and of the chains of the boolean findings it names as operands (``%planApplies``)."""
+        found: set[str] = set()
+        for operand in conjuncts(expression):
+            match = _EMPTY_TEST.fullmatch(operand)
+            if match:
+                found.add(match.group(1))
+                continue
+            bare = _BARE_VARIABLE.fullmatch(operand)
+            name = bare.group(1) if bare else None
+            if name in self.variables and name not in seen:
+                found |= self.required_empty(str(self.variables[name].get("expression") or ""), seen | {name})
+        return found
+
+    def required_present(self, action: Json) -> list[str]:
+        """Findings an action's own conditions test with ``%x.exists()`` (as a whole operand of an ``and`` chain)."""
+        names: list[str] = []
+        for expression in self.condition_expressions(action):
+            for operand in conjuncts(expression):
+                match = _EXISTS_TEST.fullmatch(operand)
+                if match and match.group(1) not in names:
+                    names.append(match.group(1))
+        return names
+
+    def held_back_by(self, action: Json) -> set[str]:
+        """Findings whose existence keeps this action from being given."""
+        return {name for expression in self.condition_expressions(action) for name in self.required_empty(expression)}
+
+    def references(self, expression: str, seen: set[str] | None = None) -> set[str]:
+        """Every finding an expression names, directly or through the findings it names."""
+        seen = set() if seen is None else seen
+        for name in _VARIABLE_REF.findall(expression):
+            if name not in seen:
+                seen.add(name)
+                if name in self.variables:
+                    self.references(str(self.variables[name].get("expression") or ""), seen)
+        return seen
+
+    def finding_valuesets(self, name: str) -> list[str]:
+        """The ValueSets a finding reads itself: its ``memberOf`` tests and the data requirements it names."""
+        expression = str((self.variables.get(name) or {}).get("expression") or "")
+        found = list(_MEMBER_OF.findall(expression))
+        for ref in _VARIABLE_REF.findall(expression):
+            found += self.requirement_valuesets.get(ref, [])
+        return list(dict.fromkeys(found))
+
+    def _suspensions(self) -> list[Suspension]:
+        """Top-level actions given when a finding exists that every other top-level action of their plan needs empty."""
+        out: list[Suspension] = []
+        for plan in self.plans:
+            tops = [a for a in plan.get("action") or [] if isinstance(a, dict)]
+            for card in tops:
+                others = [t for t in tops if t is not card]
+                for finding in self.required_present(card):
+                    if not others or not all(finding in self.held_back_by(t) for t in others):
+                        continue
+                    codings = self.rule_codes(card)
+                    coding = codings[0] if codings else {}
+                    concept = self.concepts.get((coding.get("system"), coding.get("code")), {}) if coding else {}
+                    plans = [plan] + [p for p in self.plans if p is not plan]  # the suspended plan's cards first
+                    actions = [a for p in plans for a in walk(p.get("action") or [])
+                               if coding and any(c.get("system") == coding.get("system") and c.get("code") == coding.get("code")
+                                                 for c in self.rule_codes(a))] or [card]
+                    if not any(s.coding and s.coding == coding for s in out):
+                        out.append(Suspension(plan, card, finding, coding, concept, actions))
+                    break
+        return out
+
+    def plan_variants(self) -> list[Json]:
+        """Other top-level actions of the pathway that carry the plan card's code (the plan already in place)."""
+        group = self._phase_group(self.pathway) if self.pathway else None
+        if group is None:
+            return []
+        codes = {(c.get("system"), c.get("code")) for c in self.rule_codes(group)}
+        return [a for a in (self.pathway or {}).get("action") or [] if isinstance(a, dict) and a is not group
+                and any((c.get("system"), c.get("code")) in codes for c in self.rule_codes(a))]
+
+    def raised_priority(self, card: Json, action: Json | None = None) -> list[tuple[str, str]]:
+        """(indicator, condition HTML) for each priority a card's dynamicValue can raise it to. With ``action`` (a part
+        of the card), only when the condition depends on a finding the action's own conditions name."""
+        out = []
+        for dv in card.get("dynamicValue") or []:
+            if not isinstance(dv, dict) or dv.get("path") not in ("action.priority", "priority"):
+                continue
+            expression = str((dv.get("expression") or {}).get("expression") or "")
+            literals = [fhirpath_literal(f"'{m}'") for m in _LITERAL.findall(expression)]
+            indicators = list(dict.fromkeys(INDICATORS[p] for p in literals if p in INDICATORS))
+            if not indicators:
+                continue
+            arguments = split_top_level(expression.strip()[4:-1], ",") if expression.strip().startswith("iif(") and expression.strip().endswith(")") else []
+            condition = arguments[0] if len(arguments) >= 2 else expression
+            if action is not None and action is not card:
+                own = {n for e in self.condition_expressions(action) for n in _VARIABLE_REF.findall(e)}
+                if not own & self.references(condition):
+                    continue
+            for indicator in indicators:
+                out.append((indicator, f'<code class="fhirpath">{self.fhirpath(condition)}</code>'))
+        return out
 
     def phases(self) -> list[Phase]:
         group = self._phase_group(self.pathway) if self.pathway else None
@@ -356,6 +569,7 @@ class PageRenderer:
         pub = self.publication
         title = pub.get("title") or (self.pathway or {}).get("title") or "Protocol"
         sections = [
+            ("checked-first", "Checked first: what suspends the protocol", self.section_suspensions()),
             ("phases", "Phases of care", self.section_phases()),
             ("patient-view-cards", "Other cards when the chart is opened", self.section_pathway_cards()),
             ("order-safety", "Safety rules on draft orders", self.section_order_cards(rules=True)),
@@ -409,11 +623,19 @@ class PageRenderer:
         intro = self.plan_intro(self.pathway)
         if group is None:
             return intro
-        plan_card = self.card(group, level=3, children=False, extra=self.timeline(phases) + self.phase_list(phases))
+        plan_card = self.card(group, level=3, children=False, extra=self.timeline(phases) + self.phase_list(phases),
+                              note=self.held_back_note(group))
         blocks = [self.phase_section(p) for p in phases]
         rest = [c for c in group.get("action") or [] if isinstance(c, dict) and not c.get("timingRange")]
         blocks += [self.action_block(c, level=3) for c in rest]
+        blocks += [self.card(v, level=3, note=self.held_back_note(v)) for v in self.plan_variants()]
         return intro + plan_card + "".join(blocks)
+
+    def held_back_note(self, action: Json) -> str:
+        """A line naming the rules that suspend the protocol and so keep this card from being given."""
+        held = self.held_back_by(action)
+        rules = [f'<a href="#{esc(s.anchor)}">{esc(s.label)}</a>' for s in self.suspensions if s.finding in held and s.card is not action]
+        return f'<p class="held-back">Not given while a rule that suspends the protocol applies: {", ".join(rules)}.</p>' if rules else ""
 
     def plan_intro(self, plan: Json) -> str:
         hooks = sorted({t.get("name") for a in plan.get("action") or [] for t in a.get("trigger") or [] if t.get("name")})
@@ -499,19 +721,20 @@ class PageRenderer:
                 f'{self.rationale(action)}{self.order(action)}{self.citations(action)}{self.conditions(action)}'
                 f'{self.computed(action)}{children}</article>')
 
-    def card(self, action: Json, level: int, children: bool = True, extra: str = "") -> str:
+    def card(self, action: Json, level: int, children: bool = True, extra: str = "", note: str = "") -> str:
         """A top-level action: one CDS Hooks card."""
         aid = action.get("id")
         indicator = self.indicator(action)
         hooks = [t.get("name") for t in action.get("trigger") or [] if t.get("name")]
-        meta = [f'<span class="indicator ind-{indicator}">{esc(indicator)}</span>']
+        raised = "".join(f', <span class="indicator ind-{esc(ind)}">{esc(ind)}</span> when {cond}' for ind, cond in self.raised_priority(action))
+        meta = [f'<span class="indicator ind-{indicator}">{esc(indicator)}</span>{raised}']
         meta += [f"<code>{esc(h)}</code>" for h in hooks]
         if action.get("textEquivalent"):
             meta.append(f'suggestion: “{esc(action["textEquivalent"])}”')
         kids = "".join(self.action_block(c, level + 1) for c in action.get("action") or [] if isinstance(c, dict)) if children else ""
         return (f'<article class="card card-{indicator}" id="{esc(aid)}"><h{level}><a class="self" href="#{esc(aid)}">'
                 f'{esc(action.get("title") or aid)}</a></h{level}>{self.code_badges(action)}'
-                f'<p class="card-meta">{" · ".join(meta)}</p>{self.evidence(action)}{self.paragraphs(action.get("description"))}'
+                f'<p class="card-meta">{" · ".join(meta)}</p>{note}{self.evidence(action)}{self.paragraphs(action.get("description"))}'
                 f'{self.shown_as(action)}{self.rationale(action)}{self.order(action)}{self.citations(action)}{self.override_reasons(action)}'
                 f'{self.conditions(action)}{self.computed(action)}{extra}{kids}</article>')
 
@@ -586,18 +809,34 @@ class PageRenderer:
             return ""
         return f'<details class="logic"><summary>When it applies</summary><ul>{"".join(rows)}</ul></details>'
 
-    def citations(self, action: Json) -> str:
+    @staticmethod
+    def citation_docs(actions: Iterable[Json]) -> list[Json]:
+        """The citations of some actions, each once (by URL, else label), in order of appearance."""
+        docs: dict[str, Json] = {}
+        for action in actions:
+            for doc in action.get("documentation") or []:
+                if isinstance(doc, dict) and doc.get("type") == "citation":
+                    docs.setdefault(str(doc.get("url") or doc.get("label") or doc.get("display")), doc)
+        return list(docs.values())
+
+    @staticmethod
+    def citation_items(docs: list[Json], details: bool = True) -> str:
+        """Citation links; without details (in tables), each by its short label with its title on hover."""
         items = []
-        for doc in action.get("documentation") or []:
-            if not isinstance(doc, dict) or doc.get("type") != "citation":
-                continue
-            label = doc.get("display") or doc.get("label") or doc.get("url") or "citation"
-            link = f'<a href="{esc(doc["url"])}" rel="noopener noreferrer">{esc(label)}</a>' if doc.get("url") else esc(label)
-            detail = f'<span class="cite">{esc(doc["citation"])}</span>' if doc.get("citation") else ""
+        for doc in docs:
+            label = (doc.get("display") if details else doc.get("label")) or doc.get("display") or doc.get("label") or doc.get("url") or "citation"
+            other = doc.get("label") if details else doc.get("display")
+            title = f' title="{esc(other)}"' if other and other != label else ""
+            link = f'<a href="{esc(doc["url"])}" rel="noopener noreferrer"{title}>{esc(label)}</a>' if doc.get("url") else esc(label)
+            detail = f'<span class="cite">{esc(doc["citation"])}</span>' if details and doc.get("citation") else ""
             items.append(f"<li>{link}{detail}</li>")
+        return "".join(items)
+
+    def citations(self, action: Json) -> str:
+        items = self.citation_items(self.citation_docs([action]))
         if not items:
             return ""
-        return f'<div class="citations"><p class="label">Evidence</p><ul class="cites">{"".join(items)}</ul></div>'
+        return f'<div class="citations"><p class="label">Evidence</p><ul class="cites">{items}</ul></div>'
 
     def override_reasons(self, action: Json) -> str:
         ext = _extension(action, OVERRIDE_SUFFIX)
@@ -642,16 +881,84 @@ class PageRenderer:
                 f'<a href="#{esc(self.artifact_anchor(definition))}">{esc(definition.get("title") or definition.get("id"))}</a> '
                 f'{self.json_links(definition)}</p>{desc}<dl>{grid}</dl></div>')
 
+    # rules that suspend the protocol ----------------------------------------------------------------------------------
+    def section_suspensions(self) -> str:
+        if not self.suspensions:
+            return ""
+        return ('<p>Checked before anything else. While one of these findings is on record the protocol is suspended for the '
+                'patient: the cards of the rule take the place of the plan, and the cards it holds back are not given. Each rule '
+                'is read from the artifacts: the finding that every other card of its PlanDefinition needs to be absent.</p>'
+                + "".join(self.suspension_block(s) for s in self.suspensions))
+
+    def suspension_block(self, rule: Suspension) -> str:
+        code = rule.coding.get("code")
+        badge = f'<span class="badge topic">{esc(code)}</span> ' if code else ""
+        definition = f'<p class="rule-definition">{esc(rule.concept["definition"])}</p>' if rule.concept.get("definition") else ""
+        variable = self.variables.get(rule.finding, {})
+        finding = (f'<a href="#finding-{esc(rule.finding)}"><code>%{esc(rule.finding)}</code></a>' if rule.finding in self.variables
+                   else f"<code>%{esc(rule.finding)}</code>")
+        when = f'<p>{finding} exists{": " + esc(variable["description"]) if variable.get("description") else ""}</p>'
+        valuesets = []
+        for canonical in self.finding_valuesets(rule.finding):
+            valueset = self.content.resolve(canonical, "ValueSet")
+            if valueset is None:
+                valuesets.append(f"<li><code>{esc(canonical)}</code></li>")
+                continue
+            expansion = valueset.get("expansion") or {}
+            total = expansion.get("total", len(expansion.get("contains") or []))
+            valuesets.append(f'<li>{self.link_resource(canonical, "ValueSet")} <span class="code">ValueSet {esc(valueset.get("id"))}, '
+                             f'{esc(total)} code{"s" if total != 1 else ""}</span> {self.json_links(valueset)}</li>')
+        codes = f'<ul class="plain">{"".join(valuesets)}</ul>' if valuesets else ""
+        rows = [("Suspends the protocol when", when + codes),
+                ("Evidence", self.rule_evidence(rule.actions)),
+                ("Cards it gives", self.cards_by_hook(rule)),
+                ("Held back while it applies", self.held_back_list(rule))]
+        facts = "".join(f"<div><dt>{esc(k)}</dt><dd>{v}</dd></div>" for k, v in rows if v)
+        cards = [a for a in rule.actions if self.card_of.get(a.get("id", "")) is a]
+        return (f'<article class="first-rule" id="{esc(rule.anchor)}"><h3><a class="self" href="#{esc(rule.anchor)}">{badge}{esc(rule.label)}</a></h3>'
+                f'{definition}<dl class="rule-facts">{facts}</dl>'
+                + "".join(self.card(a, level=4) for a in cards) + "</article>")
+
+    def cards_by_hook(self, rule: Suspension) -> str:
+        groups: dict[tuple[str, ...], list[Json]] = {}
+        for action in rule.actions:
+            card = self.card_of.get(action.get("id", ""), action)
+            hooks = tuple(t.get("name") for t in card.get("trigger") or [] if isinstance(t, dict) and t.get("name"))
+            groups.setdefault(hooks, []).append(action)
+        items = []
+        for hooks, actions in groups.items():
+            label = ", ".join(f"<code>{esc(h)}</code>" for h in hooks) or "no hook"
+            items.append(f'<li>On {label}: {self.rule_cell(actions, "")}</li>')
+        return f'<ul class="plain hooks">{"".join(items)}</ul>'
+
+    def held_back_list(self, rule: Suspension) -> str:
+        items = []
+        for plan in [rule.plan] + [p for p in self.plans if p is not rule.plan]:
+            tops = [a for a in plan.get("action") or [] if isinstance(a, dict) and all(a is not r for r in rule.actions)]
+            held = [a for a in tops if rule.finding in self.held_back_by(a)]
+            if not held:
+                continue
+            hooks = list(dict.fromkeys(t.get("name") for a in held for t in a.get("trigger") or [] if isinstance(t, dict) and t.get("name")))
+            label = ", ".join(f"<code>{esc(h)}</code>" for h in hooks) or esc(plan.get("title") or plan.get("id"))
+            links = "".join(f'<li><a href="#{esc(a.get("id"))}">{esc(a.get("title") or a.get("id"))}</a></li>' for a in held)
+            if len(held) == len(tops):
+                what = f'every other card of <a href="#{esc(self.artifact_anchor(plan))}">{esc(plan.get("title") or plan.get("id"))}</a>'
+            else:
+                what = f'{len(held)} card{"s" if len(held) != 1 else ""} of <a href="#{esc(self.artifact_anchor(plan))}">{esc(plan.get("title") or plan.get("id"))}</a>'
+            items.append(f'<li>On {label}: {what}<details><summary>The {len(held)} card{"s" if len(held) != 1 else ""}</summary>'
+                         f'<ul>{links}</ul></details></li>')
+        return f'<ul class="plain">{"".join(items)}</ul>' if items else ""
+
     # other cards ----------------------------------------------------------------------------------------------------
     def section_pathway_cards(self) -> str:
         if not self.pathway:
             return ""
         group = self._phase_group(self.pathway)
-        cards = [a for a in self.pathway.get("action") or [] if isinstance(a, dict) and a is not group]
+        cards = [a for a in self.pathway.get("action") or [] if isinstance(a, dict) and a is not group and id(a) not in self.moved]
         if not cards:
             return ""
-        return (f'<p>The cards that the pathway can add beside the plan card: problems with the onset date, the cyclobenzaprine '
-                f'proposal and each medication finding.</p>{self.plan_intro(self.pathway)}'
+        return (f'<p>The cards that the pathway can add beside the plan card: problems with the record (the onset date, data '
+                f'that cannot be read), the cyclobenzaprine proposal and each medication finding.</p>{self.plan_intro(self.pathway)}'
                 + "".join(self.card(a, level=3) for a in cards))
 
     def is_rule_card(self, action: Json) -> bool:
@@ -660,7 +967,7 @@ class PageRenderer:
     def section_order_cards(self, rules: bool) -> str:
         parts = []
         for plan in self.others:
-            cards = [a for a in plan.get("action") or [] if isinstance(a, dict) and self.is_rule_card(a) == rules]
+            cards = [a for a in plan.get("action") or [] if isinstance(a, dict) and self.is_rule_card(a) == rules and id(a) not in self.moved]
             if cards:
                 intro = self.plan_intro(plan) + (markdown(plan.get("description")) if rules else "")
                 parts.append(intro + "".join(self.card(a, level=3) for a in cards))
@@ -683,15 +990,35 @@ class PageRenderer:
             order_actions = [a for p in self.others for a in where.get(p.get("id", ""), [])]
             order_cell = self.rule_cell(order_actions, "No card on draft orders")
             definition = f'<span class="definition">{esc(concept.get("definition"))}</span>' if concept.get("definition") else ""
+            actions = [a for found in where.values() for a in found]
             rows.append(f'<tr id="rule-{esc(code)}"><th scope="row"><span class="badge rule">{esc(code)}</span></th>'
-                        f'<td data-label="Finding"><strong>{esc(concept.get("display"))}</strong>{definition}</td>'
+                        f'<td data-label="Finding"><strong>{esc(concept.get("display"))}</strong>{definition}{self.reads(actions)}</td>'
+                        f'<td data-label="Evidence">{self.rule_evidence(actions, details=False)}</td>'
                         f'<td data-label="On a proposal (patient-view)">{pathway_cell}</td>'
                         f'<td data-label="On a draft order (order-select, order-sign)">{order_cell}</td></tr>')
-        return ('<p>Each rule is a code of the protocol\'s CodeSystem; its effect is read from the actions that carry the code. '
-                'The indicator comes from the priority of the card the action belongs to.</p>'
+        return ('<p>Each rule is a code of the protocol\'s CodeSystem; its finding, evidence and effect are read from the actions that '
+                'carry the code. The indicator comes from the priority of the card the action belongs to.</p>'
                 '<div class="table-wrap"><table class="rules"><thead><tr><th scope="col">Rule</th><th scope="col">Finding</th>'
-                '<th scope="col">On a proposal (patient-view)</th><th scope="col">On a draft order (order-select, order-sign)</th></tr></thead>'
+                '<th scope="col">Evidence</th><th scope="col">On a proposal (patient-view)</th>'
+                '<th scope="col">On a draft order (order-select, order-sign)</th></tr></thead>'
                 f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+    def reads(self, actions: list[Json]) -> str:
+        """The findings a rule's actions test and the ValueSets those findings read."""
+        findings = list(dict.fromkeys(n for a in actions for n in self.required_present(a) if n in self.variables))
+        if not findings:
+            return ""
+        valuesets = list(dict.fromkeys(v for n in findings for v in self.finding_valuesets(n)))
+        names = ", ".join(f'<a href="#finding-{esc(n)}"><code>%{esc(n)}</code></a>' for n in findings)
+        sets = f' · codes in {", ".join(self.link_resource(v, "ValueSet") for v in valuesets)}' if valuesets else ""
+        return f'<span class="reads">Finding {names}{sets}</span>'
+
+    def rule_evidence(self, actions: list[Json], details: bool = True) -> str:
+        """The evidence grades of a rule's actions (each distinct grading once) and their citations."""
+        grades = "".join(dict.fromkeys(self.evidence(a) for a in actions if self.evidence(a)))
+        items = self.citation_items(self.citation_docs(actions), details=details)
+        cites = f'<ul class="cites">{items}</ul>' if items else ""
+        return (grades + cites) or '<span class="none">No grading given</span>'
 
     def rule_cell(self, actions: list[Json], empty: str) -> str:
         if not actions:
@@ -703,8 +1030,10 @@ class PageRenderer:
             part_of = "" if card is action else f'<span class="part-of">part of the card <a href="#{esc(card.get("id"))}">{esc(card.get("title"))}</a></span>'
             fixes = [c.get("title") for c in action.get("action") or [] if isinstance(c, dict) and c.get("title")]
             suggestion = f'<span class="fixes">Suggests: {esc("; ".join(fixes))}</span>' if fixes else ""
+            raised = "".join(f'<span class="raised">the card becomes <span class="indicator ind-{esc(ind)}">{esc(ind)}</span></span>'
+                             for ind, _ in self.raised_priority(card, action))
             items.append(f'<li><span class="indicator ind-{indicator}">{esc(indicator)}</span> '
-                         f'<a href="#{esc(action.get("id"))}">{esc(action.get("title") or action.get("id"))}</a>{part_of}{suggestion}</li>')
+                         f'<a href="#{esc(action.get("id"))}">{esc(action.get("title") or action.get("id"))}</a>{part_of}{raised}{suggestion}</li>')
         return f'<ul class="plain">{"".join(items)}</ul>'
 
     # library ----------------------------------------------------------------------------------------------------------
@@ -965,6 +1294,17 @@ th,td{border:1px solid var(--line);padding:.4rem .55rem;text-align:left;vertical
 thead th{background:var(--soft)}
 th[scope=row] code{white-space:nowrap;overflow-wrap:normal}
 table.rules .definition{display:block;color:var(--muted);font-size:.88rem;margin-top:.2rem}
+table.rules .evidence{display:block}table.rules .evidence>span{display:block}table.rules .evidence>span.direction{display:inline-block;margin-bottom:.15rem}
+table.rules ul.cites{padding-left:1rem;font-size:.88rem}
+.reads,.raised{display:block;color:var(--muted);font-size:.88rem;margin-top:.2rem}
+.held-back{color:var(--critical);font-size:.92rem}
+article.first-rule{border:1px solid var(--line);border-left:6px solid var(--critical);border-radius:8px;padding:.8rem 1rem;margin:1rem 0;background:#fffafa}
+article.first-rule>h3{margin-top:0}
+article.first-rule article.card{background:#fff}
+.rule-definition{font-size:1.05rem;font-weight:600;max-width:48rem}
+dl.rule-facts{display:grid;grid-template-columns:12rem 1fr;gap:.5rem 1rem;margin:.7rem 0}
+dl.rule-facts div{display:contents}dl.rule-facts dt{font-weight:600;color:var(--muted)}dl.rule-facts dd{margin:0;min-width:0}
+dl.rule-facts .evidence{margin-top:0}dl.rule-facts ul.cites{margin:.2rem 0;padding-left:1.2rem}
 ul.plain{list-style:none;margin:0;padding:0}ul.plain li{margin:.15rem 0 .45rem}
 .fixes{display:block;color:var(--muted);font-size:.88rem}
 .none{color:var(--muted);font-style:italic}
@@ -978,7 +1318,7 @@ footer{border-top:1px solid var(--line);margin-top:2.5rem;padding-top:.8rem;padd
 @media (max-width:40rem){
  body{font-size:15px}h1{font-size:1.5rem}
  header.page-header,nav,main,footer{padding:0 .75rem}
- .order dl{grid-template-columns:1fr}.order dd{margin-bottom:.3rem}
+ .order dl,dl.rule-facts{grid-template-columns:1fr}.order dd{margin-bottom:.3rem}
  table.rules,table.rules tbody,table.rules tr,table.rules th,table.rules td,
  table.artifacts,table.artifacts tbody,table.artifacts tr,table.artifacts td{display:block;width:100%}
  table.rules thead,table.artifacts thead{display:none}
@@ -989,7 +1329,7 @@ footer{border-top:1px solid var(--line);margin-top:2.5rem;padding-top:.8rem;padd
 @media print{
  body{font-size:11pt}nav,.skip,.json-links{display:none}
  header.page-header,main,footer{max-width:none;padding:0}
- h2{break-after:avoid}article.rec,article.card,.finding,tr{break-inside:avoid}
+ h2{break-after:avoid}article.rec,article.card,.finding,tr{break-inside:avoid}article.first-rule{background:none}
  .timeline svg{min-width:0}
  .cites a[href^="http"]::after{content:" <" attr(href) ">";font-size:.8em;color:#57606a;overflow-wrap:anywhere}
  a{color:inherit}
