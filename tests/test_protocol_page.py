@@ -337,9 +337,6 @@ def test_the_red_flag_rule_shows_its_evidence_and_citations(page):
     assert html.escape(rationale) in block
 
 
-@pytest.mark.xfail(strict=True, reason="content gap: evidence.md cites CHOU2007 and NICE-NG59 for the red flags, but the red-flag "
-                                       "actions of both PlanDefinitions carry only CHOU2007; the page shows what the artifacts "
-                                       "cite. Remove this mark once NICE-NG59 is added to them.")
 def test_the_red_flag_rule_cites_nice_ng59(page):
     nice = next(d for a in all_actions() for d in citations_of(a) if d.get("label") == "NICE-NG59")
     assert f'href="{html.escape(nice["url"])}"' in first_rule_block(page).split("</dl>", 1)[0]
