@@ -157,9 +157,10 @@ def fhirpath_literal(expression: str) -> str | None:
                   else _ESCAPES.get(m.group(1), m.group(1)), match.group(1))
 
 
-def split_concatenation(expression: str) -> list[str]:
-    """The operands of a top-level ``+`` chain (outside strings and brackets)."""
-    parts, depth, start, i, quote = [], 0, 0, 0, None
+def _scan(expression: str) -> tuple[list[bool], int, int]:
+    """One walk over an expression: for each character whether it stands outside strings and brackets (and is not
+    itself a bracket or quote), the bracket depth at the end, and the lowest depth reached."""
+    flags, depth, lowest, quote, i = [False] * len(expression), 0, 0, None, 0
     while i < len(expression):
         ch = expression[i]
         if quote:
@@ -173,34 +174,16 @@ def split_concatenation(expression: str) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif ch == "+" and depth == 0:
-            parts.append(expression[start:i].strip())
-            start = i + 1
-        i += 1
-    parts.append(expression[start:].strip())
-    return parts
-
-
-def _outside_flags(expression: str) -> list[bool]:
-    """For each character: True when it stands outside strings and brackets (and is not a bracket or quote)."""
-    flags, depth, quote, i = [False] * len(expression), 0, None, 0
-    while i < len(expression):
-        ch = expression[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "'`":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
+            lowest = min(lowest, depth)
         elif depth == 0:
             flags[i] = True
         i += 1
-    return flags
+    return flags, depth, lowest
+
+
+def split_concatenation(expression: str) -> list[str]:
+    """The operands of a top-level ``+`` chain (outside strings and brackets)."""
+    return split_top_level(expression, r"\+")
 
 
 def _strip_parentheses(expression: str) -> str:
@@ -212,29 +195,14 @@ def _strip_parentheses(expression: str) -> str:
 
 
 def _balanced(expression: str) -> bool:
-    depth, quote, i = 0, None, 0
-    while i < len(expression):
-        ch = expression[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "'`":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
-    return depth == 0
+    """Every bracket closes, and none closes before it opens."""
+    _, depth, lowest = _scan(expression)
+    return depth == 0 and lowest >= 0
 
 
 def split_top_level(expression: str, separator: str) -> list[str]:
     """The operands of ``expression`` split where ``separator`` (a regular expression) stands outside strings and brackets."""
-    flags = _outside_flags(expression)
+    flags = _scan(expression)[0]
     parts, start = [], 0
     for match in re.finditer(separator, expression):
         if match.start() >= start and all(flags[match.start():match.end()]):
