@@ -63,7 +63,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_DOWN, Decimal
@@ -291,6 +291,12 @@ def _new_datetime(text: str) -> FP_DateTime | None:
     return value
 
 
+def _fields_text(fields: Sequence[int], count: int) -> str:
+    """``YYYY-MM-DDThh:mm:ss`` written from the first ``count`` components (1 = year ... 6 = second)."""
+    separators = ("", "-", "-", "T", ":", ":")
+    return "".join(f"{separators[i]}{value:0{4 if i == 0 else 2}d}" for i, value in enumerate(fields[:count]))
+
+
 @lru_cache(maxsize=4096)
 def _parse_datetime(text: str) -> _DateTime | None:
     """Parse a FHIRPath/FHIR date or dateTime text, or return None if it is not one."""
@@ -513,17 +519,8 @@ def _shifted_datetime_text(value: _DateTime, quantity: Any, sign: int) -> str:
     else:
         result = start + timedelta(microseconds=int(amount * _UNIT_SECONDS[unit] * 1_000_000))
 
-    text = f"{result.year:04d}"
-    if precision > 1:
-        text += f"-{result.month:02d}"
-    if precision > 2:
-        text += f"-{result.day:02d}"
-    if precision > 3:
-        text += f"T{result.hour:02d}"
-    if precision > 4:
-        text += f":{result.minute:02d}"
+    text = _fields_text((result.year, result.month, result.day, result.hour, result.minute, result.second), precision)
     if precision > 5:
-        text += f":{result.second:02d}"
         if value.fraction is not None or result.microsecond:
             digits = min(max(len(value.fraction or ""), 3), 6)
             text += "." + f"{result.microsecond:06d}"[:digits]
@@ -842,17 +839,7 @@ def _boundary_text(value: _DateTime, precision: int | None, high: bool, zone: tz
             fields.append(23 if high else 0)
         else:
             fields.append(59 if high else 0)
-    text = f"{fields[0]:04d}"
-    if components > 1:
-        text += f"-{fields[1]:02d}"
-    if components > 2:
-        text += f"-{fields[2]:02d}"
-    if components > 3:
-        text += f"T{fields[3]:02d}"
-    if components > 4:
-        text += f":{fields[4]:02d}"
-    if components > 5:
-        text += f":{fields[5]:02d}"
+    text = _fields_text(fields, min(components, 6))
     if components > 6:
         digits = (value.fraction or "")[:3] if len(written) == 6 else ""
         text += "." + (digits.ljust(3, "0") if digits else "999" if high else "000")
