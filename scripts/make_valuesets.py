@@ -328,6 +328,19 @@ def _contents_markdown(vs_id: str, plan: dict, term: dict) -> str:
 # Loading
 
 
+def _group_codes(group: dict, sources, unverified: set) -> list[dict]:
+    """A group's codes with a cleaned display and their source labels; its unverified codes go into ``unverified``."""
+    codes = []
+    for raw in group["codes"]:
+        c = dict(raw)
+        c["display"] = clean_display(raw["display"])
+        c["_sources"] = sources(raw)
+        codes.append(c)
+    for raw in group.get("unverified", []):
+        unverified.add((raw["system"], raw["code"]))
+    return codes
+
+
 def load_terminology(terminology_dir: Path) -> dict:
     """Read the terminology files: {'groups': {id: group}, 'rx': {id: file}, 'unverified': set}.
 
@@ -339,30 +352,14 @@ def load_terminology(terminology_dir: Path) -> dict:
     unverified: set[tuple[str, str]] = set()
     groups = {}
     for gid, group in clinical["groups"].items():
-        codes = []
-        for raw in group["codes"]:
-            c = dict(raw)
-            c["display"] = clean_display(raw["display"])
-            c["_sources"] = _clinical_sources(raw)
-            codes.append(c)
-        for raw in group.get("unverified", []):
-            unverified.add((raw["system"], raw["code"]))
-        groups[gid] = dict(group, codes=codes)
+        groups[gid] = dict(group, codes=_group_codes(group, _clinical_sources, unverified))
     red_flags = json.loads((terminology_dir / RED_FLAGS_FILE).read_text(encoding="utf-8"))
     left_out = red_flags.get("notes", {}).get("left_out", [])
     for gid, group in red_flags["groups"].items():
         if gid in groups or gid not in RED_FLAG_GROUPS:
             raise ValueError(f"unexpected group {gid!r} in {RED_FLAGS_FILE}")
-        codes = []
-        for raw in group["codes"]:
-            c = dict(raw)
-            c["display"] = clean_display(raw["display"])
-            c["_sources"] = _red_flag_sources(raw)
-            codes.append(c)
-        for raw in group.get("unverified", []):
-            unverified.add((raw["system"], raw["code"]))
         tests = [_left_out_test(e) for e in left_out if e["group"] == gid]
-        groups[gid] = dict(group, codes=codes, _left_out=tests)
+        groups[gid] = dict(group, codes=_group_codes(group, _red_flag_sources, unverified), _left_out=tests)
     rx = {}
     for path in sorted(terminology_dir.glob("rxnorm-*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
