@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -39,6 +40,8 @@ MAX_LIFETIME_SECONDS = 3600
 JWKS_TTL_SECONDS = 300
 JWKS_REFRESH_COOLDOWN = 30
 JWKS_MAX_BYTES = 64 * 1024
+MAX_JTI_LENGTH = 256
+MAX_NUMERIC_DATE = 253402300799  #: 9999-12-31T23:59:59Z
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -180,13 +183,16 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"malformed token ({type(exc).__name__})") from None
         algorithm = header.get("alg")
-        if algorithm not in ALLOWED_ALGORITHMS:
-            raise AuthFailure(f"algorithm {algorithm!r} not allowed")
-        if header.get("typ") not in (None, "JWT"):
-            raise AuthFailure(f"typ {header.get('typ')!r} is not JWT")
-        client = self.clients.get(claims.get("iss"))
+        if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
+            raise AuthFailure("algorithm not on the allow-list")
+        if header.get("typ") is not None and header.get("typ") != "JWT":
+            raise AuthFailure("typ is not JWT")
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str):
+            raise AuthFailure("claim iss is not a string")
+        client = self.clients.get(issuer)
         if client is None:
-            raise AuthFailure(f"issuer {claims.get('iss')!r} is not a trusted client")
+            raise AuthFailure("issuer is not a trusted client")
         if client.development_only and self.production:
             raise AuthFailure(f"issuer {client.iss} is trusted for development only")
         key = self._key(client, header)
@@ -199,39 +205,40 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"signature or claims invalid ({type(exc).__name__})") from None
         self._check_claims(verified, audience)
-        if not self.replay.first_use(client.iss, str(verified["jti"]), int(verified["exp"]), self.clock().timestamp()):
+        if not self.replay.first_use(client.iss, verified["jti"], int(verified["exp"]), self.clock().timestamp()):
             raise AuthFailure("jti already used (replay)")
         return client
 
     def _check_claims(self, claims: Mapping[str, Any], audience: str) -> None:
+        """aud is the URL called; exp, iat (and nbf) are numbers that put now inside the token's life; jti a string."""
         now = self.clock().timestamp()
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        expected = normalise_url(audience)
-        if not any(isinstance(a, str) and normalise_url(a) == expected for a in audiences):
-            raise AuthFailure("aud is not the URL called")
         try:
-            exp, iat = float(claims["exp"]), float(claims["iat"])
-        except (TypeError, ValueError):
-            raise AuthFailure("exp or iat is not a number") from None
+            expected = normalise_url(audience)
+        except ValueError:
+            raise AuthFailure("the URL called has no valid host") from None
+        if not any(isinstance(a, str) and _same_url(a, expected) for a in audiences):
+            raise AuthFailure("aud is not the URL called")
+        exp, iat = _time_claim(claims, "exp"), _time_claim(claims, "iat")
         if exp < now - LEEWAY_SECONDS:
             raise AuthFailure("token expired")
         if iat > now + LEEWAY_SECONDS:
             raise AuthFailure("iat is in the future")
         if exp - iat > MAX_LIFETIME_SECONDS:
             raise AuthFailure("token lifetime longer than an hour")
-        if "nbf" in claims and float(claims["nbf"]) > now + LEEWAY_SECONDS:
+        if "nbf" in claims and _time_claim(claims, "nbf") > now + LEEWAY_SECONDS:
             raise AuthFailure("token not valid yet (nbf)")
-        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-            raise AuthFailure("jti missing")
+        if not isinstance(claims.get("jti"), str) or not claims["jti"] or len(claims["jti"]) > MAX_JTI_LENGTH:
+            raise AuthFailure("claim jti is not a non-empty string")
 
     def _key(self, client: TrustedClient, header: Mapping[str, Any]) -> Any:
         """The key a kid names: pinned in the configuration, else from the issuer's JWKS (jku), fetched when its
         cache is older than the TTL, and fetched again once when the kid is unknown (key rotation)."""
         kid = header.get("kid")
-        if not kid:
-            raise AuthFailure("kid missing")
+        if not isinstance(kid, str) or not kid:
+            raise AuthFailure("kid missing or not a string")
         jku = header.get("jku")
-        if jku is not None and jku not in client.jku:
+        if jku is not None and (not isinstance(jku, str) or jku not in client.jku):
             raise AuthFailure("jku not allowed for this issuer")
         if kid in client.keys:
             return client.keys[kid]
@@ -269,6 +276,10 @@ class Authenticator:
     def fhir_server_allowed(self, client: TrustedClient | None, server: str) -> bool:
         """May this client's request make the service call this FHIR server (with the client's token)?"""
         parts = urlsplit(server)
+        try:
+            parts.port
+        except ValueError:
+            return False
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return False
         if self.production and parts.scheme != "https":
@@ -276,6 +287,22 @@ class Authenticator:
         if client is None:
             return not self.production and parts.hostname in LOOPBACK_HOSTS
         return any(_under(server, base) for base in client.fhir_servers)
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> float:
+    """A NumericDate claim (RFC 7519: a JSON number of seconds); anything else, NaN and infinities included, refuses the token."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > MAX_NUMERIC_DATE:
+        raise AuthFailure(f"claim {name} is not a NumericDate")
+    return float(value)
+
+
+def _same_url(candidate: str, expected: str) -> bool:
+    """Whether an aud value names the URL called (a value that is not a URL names nothing)."""
+    try:
+        return normalise_url(candidate) == expected
+    except ValueError:
+        return False
 
 
 def _under(server: str, base: str) -> bool:

@@ -161,6 +161,77 @@ BAD_TOKENS = {
     "issuer not configured": lambda k: "Bearer " + token(k, iss="https://unknown.example.org"),
     "lifetime over an hour": lambda k: "Bearer " + token(k, exp=int(CLOCK.timestamp()) + 7200),
 }
+_NOW = int(CLOCK.timestamp())
+#: Claims and header fields of the wrong JSON type: each is refused with a plain 401, never an error.
+BAD_CLAIM_TYPES = {
+    "exp a string": {"exp": str(_NOW + 300)},
+    "exp a fraction in a string": {"exp": f"{_NOW + 300}.5"},
+    "exp NaN": {"exp": float("nan")},
+    "exp infinite": {"exp": float("inf")},
+    "exp true": {"exp": True},
+    "exp beyond 64 bits": {"exp": 2 ** 70},
+    "exp an object": {"exp": {"at": _NOW + 300}},
+    "iat a string": {"iat": str(_NOW)},
+    "iat a list": {"iat": [_NOW]},
+    "nbf a string": {"nbf": str(_NOW)},
+    "nbf null": {"nbf": "null"},
+    "iss a list": {"iss": [ISSUER]},
+    "iss an object": {"iss": {"url": ISSUER}},
+    "aud a number": {"aud": 42},
+    "aud a list of objects": {"aud": [{"url": f"{BASE}/cds-services/{SERVICE}"}]},
+    "aud with a bad port": {"aud": "https://cds.example.org:99999/x"},
+    "jti an object": {"jti": {"id": "1"}},
+    "jti a number": {"jti": 7},
+    "jti empty": {"jti": ""},
+}
+BAD_HEADER_TYPES = {"kid a list": {"kid": ["ec-1"]}, "kid a number": {"kid": 1}, "jku a list": {"jku": [f"{BASE}/jwks.json"]},
+                    "typ a list": {"typ": ["JWT"]}}
+
+
+def _b64(value) -> bytes:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+
+def _signed(keys, header, claims):
+    """A JWS signed with the trusted EC key, built by hand: PyJWT refuses to write claims of the wrong type."""
+    signing_input = _b64({"alg": "ES384", "typ": "JWT", "kid": "ec-1", **header}) + b"." + _b64(claims)
+    signature = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA384).sign(signing_input, keys["ec"])
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+
+
+def _claims_token(keys, case):
+    claims = {"iss": ISSUER, "aud": f"{BASE}/cds-services/{SERVICE}", "iat": _NOW, "exp": _NOW + 300, "jti": str(uuid.uuid4())}
+    if case in BAD_CLAIM_TYPES:
+        claims.update({k: None if v == "null" else v for k, v in BAD_CLAIM_TYPES[case].items()})
+        return _signed(keys, {}, claims)
+    return _signed(keys, BAD_HEADER_TYPES[case], claims)
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLAIM_TYPES) + sorted(BAD_HEADER_TYPES))
+def test_a_claim_of_the_wrong_type_is_a_401_not_an_error(engine, tmp_path, clients_file, keys, patient, case):
+    app, recorder = make_app(engine, tmp_path, clients_file)
+    seen = _Messages()
+    logging.getLogger("back_spasm_cds.auth").addHandler(seen)
+    signed = _claims_token(keys, case)
+    answer = _post(app, _complete(hook_body(patient), app), "Bearer " + signed)
+    assert answer.status_code == 401, answer.json
+    assert answer.json["issue"][0]["diagnostics"] == "authentication failed: a valid CDS Hooks JWT bearer token is required"
+    assert recorder.calls == 0
+    logging.getLogger("back_spasm_cds.auth").removeHandler(seen)
+    refusals = seen.messages
+    assert refusals and all(signed not in m for m in refusals)
+    claim = case.split()[0]
+    if claim in ("exp", "iat", "nbf", "iss", "jti"):
+        assert any(claim in m.lower() for m in refusals), refusals
 
 
 @pytest.mark.parametrize("case", sorted(BAD_TOKENS))
