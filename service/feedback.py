@@ -57,9 +57,18 @@ CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
 """
 
 
+#: The most feedback items one request may carry, and the most accepted suggestions one item may name.
+MAX_ITEMS = 1000
+MAX_SUGGESTIONS = 100
+#: Longest text accepted in each stored field (characters): ids are UUIDs in practice, codes and systems are short,
+#: a clinician's comment is a few sentences. Anything longer is not feedback on a card of this service.
+MAX_LENGTH = {"card": 256, "suggestion id": 256, "outcomeTimestamp": 64, "system": 2048, "code": 256, "display": 1024,
+              "userComment": 10_000}
+
+
 @dataclass
 class FeedbackItem:
-    """One checked feedback entry."""
+    """One checked feedback entry: every field is of the type its column holds."""
 
     card: str
     outcome: str
@@ -70,47 +79,112 @@ class FeedbackItem:
 
 
 def parse_feedback(body: Any) -> list[FeedbackItem]:
-    """Check a feedback body (CDS Hooks 2.0); 400 naming every problem."""
+    """Check a feedback body (CDS Hooks 2.0); 400 naming every problem.
+
+    Every value that is stored is checked for its JSON type and length here, so the database is only ever
+    given strings it can hold; fields the service does not store are ignored.
+    """
     if not isinstance(body, Mapping) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
         raise BadRequest("feedback body must be an object with a non-empty 'feedback' array")
+    if len(body["feedback"]) > MAX_ITEMS:
+        raise BadRequest(f"feedback holds {len(body['feedback'])} items; at most {MAX_ITEMS} are accepted in one request")
     items, problems = [], []
     for i, raw in enumerate(body["feedback"]):
-        where = f"feedback[{i}]"
-        if not isinstance(raw, Mapping):
-            problems.append(f"{where} must be an object")
-            continue
-        card, outcome, stamp = raw.get("card"), raw.get("outcome"), raw.get("outcomeTimestamp")
-        if not isinstance(card, str) or not card:
-            problems.append(f"{where}.card is required (the card's uuid)")
-        if outcome not in ("accepted", "overridden"):
-            problems.append(f"{where}.outcome must be 'accepted' or 'overridden'")
-        if not isinstance(stamp, str) or not _is_datetime(stamp):
-            problems.append(f"{where}.outcomeTimestamp is required (ISO 8601 date-time)")
-        accepted = raw.get("acceptedSuggestions") or []
-        if outcome == "accepted" and (not isinstance(accepted, list) or not accepted):
-            problems.append(f"{where}.acceptedSuggestions is required when outcome is accepted")
-            accepted = []
-        ids = [s.get("id") for s in accepted if isinstance(s, Mapping)] if isinstance(accepted, list) else []
-        if any(not isinstance(x, str) for x in ids) or (isinstance(accepted, list) and len(ids) != len(accepted)):
-            problems.append(f"{where}.acceptedSuggestions must be objects with a string id")
-        override = raw.get("overrideReason")
-        reason, comment = None, None
-        if override is not None:
-            if not isinstance(override, Mapping):
-                problems.append(f"{where}.overrideReason must be an object")
-            else:
-                reason = override.get("reason")
-                comment = override.get("userComment")
-                if reason is not None and not (isinstance(reason, Mapping) and isinstance(reason.get("code"), str)):
-                    problems.append(f"{where}.overrideReason.reason must be a Coding with a code")
-                if comment is not None and not isinstance(comment, str):
-                    problems.append(f"{where}.overrideReason.userComment must be a string")
-        items.append(FeedbackItem(card if isinstance(card, str) else "", outcome or "", [x for x in ids if isinstance(x, str)],
-                                  reason if isinstance(reason, Mapping) else None, comment if isinstance(comment, str) else None,
-                                  stamp if isinstance(stamp, str) else ""))
+        item = _item(raw, f"feedback[{i}]", problems)
+        if item is not None:
+            items.append(item)
     if problems:
         raise BadRequest("invalid feedback", details=problems)
     return items
+
+
+def _item(raw: Any, where: str, problems: list[str]) -> FeedbackItem | None:
+    """One feedback entry, or None with its problems added."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where} must be an object")
+        return None
+    found: list[str] = []
+    card = _text(raw.get("card"), f"{where}.card", MAX_LENGTH["card"], found, "the card's uuid")
+    outcome = raw.get("outcome")
+    if not isinstance(outcome, str) or outcome not in ("accepted", "overridden"):
+        found.append(f"{where}.outcome must be 'accepted' or 'overridden'")
+    stamp = _text(raw.get("outcomeTimestamp"), f"{where}.outcomeTimestamp", MAX_LENGTH["outcomeTimestamp"], found, "ISO 8601 date-time")
+    if stamp is not None and not _is_datetime(stamp):
+        found.append(f"{where}.outcomeTimestamp must be an ISO 8601 date-time")
+    accepted = _accepted(raw.get("acceptedSuggestions"), outcome == "accepted", f"{where}.acceptedSuggestions", found)
+    reason, comment = _override(raw.get("overrideReason"), f"{where}.overrideReason", found)
+    problems.extend(found)
+    if found:
+        return None
+    return FeedbackItem(card, outcome, accepted, reason, comment, stamp)  # type: ignore[arg-type]
+
+
+def _text(value: Any, where: str, limit: int, problems: list[str], what: str) -> str | None:
+    """A required non-empty string of at most ``limit`` characters, else None with the problem added."""
+    if not isinstance(value, str) or not value:
+        problems.append(f"{where} is required ({what}, a string)")
+        return None
+    if len(value) > limit:
+        problems.append(f"{where} is longer than {limit} characters")
+        return None
+    return value
+
+
+def _optional_text(value: Any, where: str, limit: int, problems: list[str]) -> str | None:
+    """An optional string (absent or null: None) of at most ``limit`` characters; a problem for any other type."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.append(f"{where} must be a string")
+    elif len(value) > limit:
+        problems.append(f"{where} is longer than {limit} characters")
+    else:
+        return value
+    return None
+
+
+def _accepted(value: Any, required: bool, where: str, problems: list[str]) -> list[str]:
+    """The ids of the accepted suggestions: a list of objects with a string id, required when the outcome is accepted."""
+    if value is None:
+        if required:
+            problems.append(f"{where} is required when outcome is accepted")
+        return []
+    if not isinstance(value, list) or (required and not value):
+        problems.append(f"{where} must be a {'non-empty ' if required else ''}list of objects with a string id")
+        return []
+    if len(value) > MAX_SUGGESTIONS:
+        problems.append(f"{where} names {len(value)} suggestions; at most {MAX_SUGGESTIONS} are accepted")
+        return []
+    ids = [s.get("id") if isinstance(s, Mapping) else None for s in value]
+    if not all(isinstance(x, str) and x for x in ids):
+        problems.append(f"{where} must be objects with a string id")
+        return []
+    if any(len(x) > MAX_LENGTH["suggestion id"] for x in ids):
+        problems.append(f"{where}: a suggestion id is longer than {MAX_LENGTH['suggestion id']} characters")
+        return []
+    return ids
+
+
+def _override(value: Any, where: str, problems: list[str]) -> tuple[dict[str, str] | None, str | None]:
+    """The override reason (a Coding with a code; system and display strings if given) and the user's comment."""
+    if value is None:
+        return None, None
+    if not isinstance(value, Mapping):
+        problems.append(f"{where} must be an object")
+        return None, None
+    comment = _optional_text(value.get("userComment"), f"{where}.userComment", MAX_LENGTH["userComment"], problems)
+    coding = value.get("reason")
+    if coding is None:
+        return None, comment
+    if not isinstance(coding, Mapping) or not isinstance(coding.get("code"), str):
+        problems.append(f"{where}.reason must be a Coding with a code")
+        return None, comment
+    reason = {}
+    for key in ("system", "code", "display"):
+        text = _optional_text(coding.get(key), f"{where}.reason.{key}", MAX_LENGTH[key], problems)
+        if text is not None:
+            reason[key] = text
+    return reason, comment
 
 
 def _is_datetime(text: str) -> bool:
