@@ -9,12 +9,14 @@ Bundle without ``type`` is accepted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from protocol.jsondata import JsonShapeError, check_shape
 from protocol.paths import element_info
 from service.errors import BadRequest, UnsupportedMediaType
 
@@ -25,16 +27,29 @@ HOOK_CONTEXT: dict[str, dict[str, type]] = {
     "order-sign": {"userId": str, "patientId": str, "draftOrders": dict},
 }
 OPTIONAL_CONTEXT: dict[str, type] = {"encounterId": str}
+#: Context fields that name a resource by its FHIR id; prefetch queries are built from them.
+ID_CONTEXT = ("patientId", "encounterId")
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: JSON that parses but is beyond what is accepted (orjson's messages), with what to tell the client.
+JSON_LIMITS = {"depth limit exceeded": "nested too deeply", "number is infinity when parsed as double": "a number is beyond the 64-bit range"}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a request body (415 if not JSON, 400 if not an object)."""
+    """The JSON object of a request body: 415 if it is not JSON, 400 if it is not an object, is nested too deeply
+    or holds a number that is not finite or beyond 64 bits (orjson would read a longer integer as a float)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise UnsupportedMediaType(f"the request body is not JSON ({exc.msg} at position {exc.pos})") from exc
+        if exc.msg in JSON_LIMITS or raw[exc.pos:exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
+            limit = JSON_LIMITS.get(exc.msg, "NaN and Infinity are not JSON numbers")
+            raise BadRequest(f"the request body cannot be accepted: {limit} (at position {exc.pos})") from None
+        raise UnsupportedMediaType(f"the request body is not JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    try:
+        check_shape(body)
+    except JsonShapeError as exc:
+        raise BadRequest(f"the request body cannot be accepted: {exc}") from None
     return body
 
 
@@ -58,6 +73,10 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
         for name, kind in OPTIONAL_CONTEXT.items():
             if name in context and not isinstance(context[name], kind):
                 problems.append(f"context.{name} must be a string")
+        for name in ID_CONTEXT:
+            value = context.get(name)
+            if isinstance(value, str) and value and not FHIR_ID.fullmatch(value):
+                problems.append(f"context.{name} must be a FHIR id (1 to 64 letters, digits, '-' or '.')")
         if isinstance(context.get("selections"), list) and not all(isinstance(s, str) for s in context["selections"]):
             problems.append("context.selections must be an array of strings (references such as MedicationRequest/123)")
         orders = context.get("draftOrders")

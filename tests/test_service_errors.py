@@ -102,6 +102,61 @@ def test_body_not_json_is_415(client, raw, suffix):
     assert "JSON" in bad(answer, 415)
 
 
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+#: Bodies that are JSON (or nearly: NaN) but beyond what is accepted; each with the words of its 400.
+UNACCEPTABLE = {
+    "nested 5000 deep in the body": ('{"hook": "patient-view", "x": ' + _nested(5000) + "}", "nested too deeply"),
+    "nested 500 deep in the body": ('{"hook": "patient-view", "x": ' + _nested(500) + "}", "nested too deeply"),
+    "an integer beyond 64 bits": ('{"hook": "patient-view", "x": 123456789012345678901234567890}', "64-bit"),
+    "an unsigned 64-bit integer": ('{"hook": "patient-view", "x": [18446744073709551615]}', "64-bit"),
+    "a float beyond double": ('{"hook": "patient-view", "x": 1e400}', "64-bit"),
+    "NaN": ('{"hook": "patient-view", "x": NaN}', "NaN"),
+    "-Infinity": ('{"hook": "patient-view", "x": [-Infinity]}', "NaN and Infinity"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNACCEPTABLE))
+@pytest.mark.parametrize("suffix", ["", "/feedback"])
+def test_json_nested_too_deeply_or_with_numbers_out_of_range_is_400(client, case, suffix):
+    raw, words = UNACCEPTABLE[case]
+    answer = client.post(f"/cds-services/{PATIENT_VIEW}{suffix}", data=raw, content_type="application/json")
+    assert words in bad(answer, 400)
+
+
+@pytest.mark.parametrize("hook", list(SERVICES))
+@pytest.mark.parametrize("where", ["prefetch", "draft"])
+def test_a_resource_nested_thousands_deep_is_400_naming_where(app, client, hook, where):
+    body = json.dumps(valid(app, hook))
+    deep = '{"extension": [' + '{"extension": [' * 3000 + "{}" + "]}" * 3000 + "]}"
+    if where == "draft" and hook != "patient-view":
+        body = body.replace('"resourceType": "DeviceRequest"', '"resourceType": "DeviceRequest", "modifierExtension": ' + deep[len('{"extension": '):-1], 1)
+    else:
+        body = body.replace('"resourceType": "Patient"', '"resourceType": "Patient", "extension": ' + deep[len('{"extension": '):-1], 1)
+    answer = client.post(f"/cds-services/{SERVICES[hook]}", data=body, content_type="application/json")
+    assert "nested too deeply" in bad(answer, 400)
+
+
+def test_a_resource_nested_as_deep_as_real_ones_is_answered(app, client):
+    body = valid(app, "patient-view")
+    nested: dict = {"url": "http://example.org/leaf", "valueString": "x"}
+    for _ in range(40):
+        nested = {"url": "http://example.org/level", "extension": [nested]}
+    body["prefetch"]["patient"]["extension"] = [nested]
+    assert call(client, "patient-view", body).status_code == 200
+
+
+@pytest.mark.parametrize("field, value", [("context.patientId", "{{context.patientId}}"), ("context.patientId", "pat-1&_count=1"),
+                                          ("context.patientId", "../Practitioner/1"), ("context.patientId", "x" * 65),
+                                          ("context.patientId", "Patient/pat-1"), ("context.encounterId", "{{x"),
+                                          ("context.encounterId", "enc 1")])
+@pytest.mark.parametrize("hook", list(SERVICES))
+def test_context_ids_that_are_not_fhir_ids_are_400(app, client, hook, field, value):
+    assert f"{field} must be a FHIR id" in bad(call(client, hook, put(valid(app, hook), field, value)))
+
+
 @pytest.mark.parametrize("value", [[], [{"hook": "patient-view"}], "patient-view", 42, None, True])
 @pytest.mark.parametrize("service_id", list(SERVICES.values()))
 def test_json_that_is_not_an_object_is_400(client, service_id, value):
