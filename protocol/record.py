@@ -313,10 +313,11 @@ def _flatten(items: Iterable[Any], full_url: str | None = None) -> Iterable[tupl
                 for entry in entries if isinstance(entries, list) else []:
                     resource = entry.get("resource") if isinstance(entry, dict) else None
                     if isinstance(resource, dict):
+                        entry_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
                         if resource.get("resourceType") == "Bundle":
-                            yield from _flatten([resource], entry.get("fullUrl"))
+                            yield from _flatten([resource], entry_url)
                         else:
-                            yield resource, entry.get("fullUrl")
+                            yield resource, entry_url
             elif "resourceType" in item:
                 yield item, full_url
             else:

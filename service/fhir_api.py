@@ -141,66 +141,141 @@ def _matches(resource: dict[str, Any], name: str, values: list[str]) -> bool:
 
 # -- operations ----------------------------------------------------------------------------------------------------
 
-def _parameters() -> dict[str, Any]:
-    """The Parameters body of an operation call, by name (resources and values)."""
+def _parameters() -> dict[str, list[Any]]:
+    """The Parameters body of an operation call: each parameter's values by name (a resource, a value[x], or a dict
+    of its parts). A body that is not a Parameters, or a parameter without a name, is a 400 naming it."""
     raw = request.get_data(cache=False)
     if not raw:
         return {}
     body = parse_body(raw)
     if body.get("resourceType") != "Parameters":
         raise BadRequest("the body of an operation must be a Parameters resource")
-    found: dict[str, Any] = {}
-    for parameter in body.get("parameter") or []:
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
-            raise BadRequest("every Parameters.parameter needs a name")
-        value = parameter.get("resource")
-        if value is None:
-            value = next((v for k, v in parameter.items() if k.startswith("value")), None)
-        if value is None and parameter.get("part"):
-            value = {p.get("name"): p.get("resource", next((v for k, v in p.items() if k.startswith("value")), None))
-                     for p in parameter["part"] if isinstance(p, dict)}
-        found.setdefault(parameter["name"], []).append(value)
+    entries = body.get("parameter") or []
+    if not isinstance(entries, list):
+        raise BadRequest("Parameters.parameter must be an array")
+    found: dict[str, list[Any]] = {}
+    for i, parameter in enumerate(entries):
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str) or not parameter["name"]:
+            raise BadRequest(f"Parameters.parameter[{i}] must be an object with a name")
+        found.setdefault(parameter["name"], []).append(_parameter_value(parameter, f"parameter {parameter['name']}"))
     return found
 
 
-def _one(parameters: dict[str, Any], name: str) -> Any:
-    values = parameters.get(name) or []
+def _parameter_value(parameter: dict[str, Any], where: str) -> Any:
+    """A parameter's resource, its value[x] (the JSON value with its type name), or its parts by name."""
+    if "resource" in parameter:
+        resource = parameter["resource"]
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise BadRequest(f"{where}: resource must be a FHIR resource")
+        return resource
+    values = [(k[len("value"):], v) for k, v in parameter.items() if k.startswith("value") and len(k) > len("value")]
     if len(values) > 1:
+        raise BadRequest(f"{where} has more than one value[x]")
+    if values:
+        return Value(*values[0])
+    parts = parameter.get("part")
+    if parts is None:
+        return None
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in parts):
+        raise BadRequest(f"{where}: part must be an array of named parameters")
+    return {p["name"]: _parameter_value(p, f"{where}.{p['name']}") for p in parts}
+
+
+class Value:
+    """A parameter's value[x]: its FHIR type (the key's suffix, e.g. ``String``) and the JSON value."""
+
+    def __init__(self, type_name: str, value: Any):
+        self.type_name = type_name
+        self.value = value
+
+
+def _one(parameters: dict[str, list[Any]], name: str) -> Any:
+    """The single value of a parameter (from the body, else the query string); given twice is a 400."""
+    values = parameters.get(name) or []
+    if len(values) > 1 or (not values and len(request.args.getlist(name)) > 1):
         raise BadRequest(f"parameter {name} is given more than once")
-    value = values[0] if values else request.args.get(name)
+    return values[0] if values else request.args.get(name)
+
+
+def _text(parameters: dict[str, list[Any]], name: str, *types: str) -> str | None:
+    """A parameter whose value is text: a value[x] of one of ``types`` (string-like) or a query string value."""
+    value = _one(parameters, name)
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, Value) and value.type_name in types and isinstance(value.value, str):
+        return value.value or None
+    raise BadRequest(f"parameter {name} must be a {' or '.join(t[0].lower() + t[1:] for t in types)}")
+
+
+def _reference(parameters: dict[str, list[Any]], name: str) -> str | None:
+    """A parameter naming a resource: a string (``Patient/123``) or a valueReference with a reference."""
+    value = _one(parameters, name)
+    if isinstance(value, Value) and value.type_name == "Reference":
+        value = value.value.get("reference") if isinstance(value.value, dict) else None
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"parameter {name} must be a reference such as Patient/123")
+        return value
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, Value) and value.type_name in ("String", "Id", "Uri") and isinstance(value.value, str):
+        return value.value or None
+    raise BadRequest(f"parameter {name} must be a reference such as Patient/123")
+
+
+def _integer(parameters: dict[str, list[Any]], name: str) -> int | None:
+    """A parameter whose value is a non-negative integer: valueInteger (a JSON integer) or digits in the query string."""
+    value = _one(parameters, name)
+    if value is None:
+        return None
+    if isinstance(value, Value) and value.type_name in ("Integer", "UnsignedInt", "PositiveInt") and type(value.value) is int:
+        number = value.value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        number = int(value)
+    else:
+        raise BadRequest(f"parameter {name} must be a non-negative integer")
+    if number < 0:
+        raise BadRequest(f"parameter {name} must be a non-negative integer")
+    return number
+
+
+def _resource(parameters: dict[str, list[Any]], name: str, rtype: str) -> dict[str, Any] | None:
+    value = _one(parameters, name)
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and value.get("resourceType") == rtype):
+        raise BadRequest(f"parameter {name} must be a {rtype} resource")
     return value
 
 
-def _apply_inputs(parameters: dict[str, Any]) -> dict[str, Any]:
-    subject = _one(parameters, "subject")
-    if not isinstance(subject, str) or not subject:
+def _apply_inputs(parameters: dict[str, list[Any]]) -> dict[str, Any]:
+    subject = _reference(parameters, "subject")
+    if subject is None:
         raise BadRequest("subject is required (for example Patient/123)")
-    data = _one(parameters, "data")
-    if data is not None and not (isinstance(data, dict) and data.get("resourceType") == "Bundle"):
-        raise BadRequest("data must be a Bundle")
-    inner = _one(parameters, "parameters")
+    data = _resource(parameters, "data", "Bundle")
+    inner = _resource(parameters, "parameters", "Parameters")
     extra: dict[str, Any] = {}
-    if isinstance(inner, dict) and inner.get("resourceType") == "Parameters":
-        for parameter in inner.get("parameter") or []:
-            if isinstance(parameter, dict) and parameter.get("name") and parameter.get("resource") is not None:
-                if parameter["name"] == "draftOrders":
-                    extra.setdefault("draftOrders", []).append(parameter["resource"])
-                else:
-                    extra[parameter["name"]] = parameter["resource"]
-    elif inner is not None:
-        raise BadRequest("parameters must be a Parameters resource")
-    return {"subject": subject, "data": [data] if data else [], "encounter": _one(parameters, "encounter"),
-            "practitioner": _one(parameters, "practitioner"), "organization": _one(parameters, "organization"), "parameters": extra}
+    entries = (inner or {}).get("parameter") or []
+    if not isinstance(entries, list):
+        raise BadRequest("parameters: Parameters.parameter must be an array")
+    for parameter in entries:
+        if isinstance(parameter, dict) and isinstance(parameter.get("name"), str) and isinstance(parameter.get("resource"), dict):
+            if parameter["name"] == "draftOrders":
+                extra.setdefault("draftOrders", []).append(parameter["resource"])
+            else:
+                extra[parameter["name"]] = parameter["resource"]
+    return {"subject": subject, "data": [data] if data else [], "encounter": _reference(parameters, "encounter"),
+            "practitioner": _reference(parameters, "practitioner"), "organization": _reference(parameters, "organization"),
+            "parameters": extra}
 
 
 def _plan_reference(rid: str | None, parameters: dict[str, Any]) -> str:
     if rid:
         _artifact("PlanDefinition", rid)
         return rid
-    url = _one(parameters, "url")
+    url = _text(parameters, "url", "Uri", "Canonical", "Url", "String")
     if not url:
         raise BadRequest("give the PlanDefinition: PlanDefinition/{id}/$apply, or the url parameter")
-    version = _one(parameters, "version")
+    version = _text(parameters, "version", "String")
     return f"{url}|{version}" if version else url
 
 
@@ -267,23 +342,18 @@ def expand(rid: str) -> Response:
     expansion = valueset.get("expansion") or {}
     contains = list(expansion.get("contains") or [])
     parameters = _parameters() if request.method == "POST" else {}
-    text = _one(parameters, "filter")
+    text = _text(parameters, "filter", "String")
     if text:
-        needle = str(text).lower()
-        contains = [c for c in contains if needle in c.get("code", "").lower() or needle in c.get("display", "").lower()]
-    try:
-        offset = int(_one(parameters, "offset") or 0)
-        count = int(_one(parameters, "count")) if _one(parameters, "count") is not None else None
-    except ValueError:
-        raise BadRequest("offset and count must be integers") from None
-    if offset < 0 or (count is not None and count < 0):
-        raise BadRequest("offset and count must not be negative")
+        needle = text.lower()
+        contains = [c for c in contains if needle in str(c.get("code", "")).lower() or needle in str(c.get("display", "")).lower()]
+    offset = _integer(parameters, "offset") or 0
+    count = _integer(parameters, "count")
     page = contains[offset: offset + count if count is not None else None]
     expansion = dict(expansion, total=len(contains), contains=page)
     if offset:
         expansion["offset"] = offset
     if text:
-        expansion["parameter"] = [{"name": "filter", "valueString": str(text)}]
+        expansion["parameter"] = [{"name": "filter", "valueString": text}]
     valueset["expansion"] = expansion
     if not page:
         expansion.pop("contains")

@@ -166,11 +166,76 @@ def test_activity_definition_apply_returns_the_request(client, engine):
     ({"resourceType": "Bundle"}, "must be a Parameters"),
     ({"resourceType": "Parameters", "parameter": [{"name": "subject", "valueString": "Patient/1"}, {"name": "data", "resource": {"resourceType": "Patient"}}]},
      "data must be a Bundle"),
-    ({"resourceType": "Parameters", "parameter": [{"valueString": "x"}]}, "needs a name"),
+    ({"resourceType": "Parameters", "parameter": [{"valueString": "x"}]}, "must be an object with a name"),
 ])
 def test_bad_apply_calls_are_400(client, body, message):
     answer = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=body)
     assert answer.status_code == 400 and message in json.dumps(answer.json)
+
+
+OPERATIONS = [f"/fhir/PlanDefinition/{PATHWAY}/$apply", f"/fhir/PlanDefinition/{PATHWAY}/$r5.apply",
+              "/fhir/ActivityDefinition/cyclobenzaprine-5mg-tid/$apply"]
+SUBJECT = {"name": "subject", "valueString": "Patient/1"}
+#: Parameters of the wrong shape or type, each with the words the 400 must name it by.
+WRONG_PARAMETERS = [
+    ({"parameter": {"name": "subject"}}, "Parameters.parameter must be an array"),
+    ({"parameter": ["subject"]}, "parameter[0] must be an object with a name"),
+    ({"parameter": [{"name": 7, "valueString": "Patient/1"}]}, "parameter[0] must be an object with a name"),
+    ({"parameter": [{"name": "subject", "valueInteger": 7}]}, "subject must be a reference"),
+    ({"parameter": [{"name": "subject", "valueBoolean": True}]}, "subject must be a reference"),
+    ({"parameter": [{"name": "subject", "valueReference": {"display": "no reference"}}]}, "subject must be a reference"),
+    ({"parameter": [{"name": "subject", "valueReference": "Patient/1"}]}, "subject must be a reference"),
+    ({"parameter": [{"name": "subject", "resource": ["Patient/1"]}]}, "subject: resource must be a FHIR resource"),
+    ({"parameter": [SUBJECT, SUBJECT]}, "subject is given more than once"),
+    ({"parameter": [{"name": "subject", "valueString": "Patient/1", "valueCode": "x"}]}, "more than one value[x]"),
+    ({"parameter": [SUBJECT, {"name": "data", "valueString": "{}"}]}, "data must be a Bundle"),
+    ({"parameter": [SUBJECT, {"name": "encounter", "valueDecimal": 1.5}]}, "encounter must be a reference"),
+    ({"parameter": [SUBJECT, {"name": "practitioner", "part": "x"}]}, "part must be an array"),
+    ({"parameter": [SUBJECT, {"name": "parameters", "resource": {"resourceType": "Parameters", "parameter": {"name": "x"}}}]},
+     "Parameters.parameter must be an array"),
+]
+
+
+@pytest.mark.parametrize("path", OPERATIONS)
+@pytest.mark.parametrize("fields, message", WRONG_PARAMETERS)
+def test_operation_parameters_of_the_wrong_type_are_400_naming_them(client, path, fields, message):
+    answer = client.post(path, json={"resourceType": "Parameters", **fields})
+    assert answer.status_code == 400, answer.json
+    assert answer.mimetype == "application/fhir+json" and answer.json["resourceType"] == "OperationOutcome"
+    assert message in answer.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"parameter": [{"name": "url", "valueInteger": 1}]}, "url must be a"),
+    ({"parameter": [{"name": "url", "valueUri": "http://example.org/x"}, {"name": "version", "valueBoolean": False}]}, "version must be a string"),
+])
+def test_apply_by_url_with_parameters_of_the_wrong_type_is_400(client, fields, message):
+    answer = client.post("/fhir/PlanDefinition/$apply", json={"resourceType": "Parameters", **fields, "parameter": fields["parameter"] + [SUBJECT]})
+    assert answer.status_code == 400 and message in answer.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("parameter, message", [
+    ({"name": "count", "valueInteger": 1.5}, "count must be a non-negative integer"),
+    ({"name": "count", "valueInteger": True}, "count must be a non-negative integer"),
+    ({"name": "count", "valueString": "3"}, "count must be a non-negative integer"),
+    ({"name": "offset", "valueInteger": -1}, "offset must be a non-negative integer"),
+    ({"name": "offset", "valueInteger": 2 ** 62}, None),
+    ({"name": "filter", "valueInteger": 3}, "filter must be a string"),
+    ({"name": "filter", "part": [{"name": "x", "valueString": "y"}]}, "filter must be a string"),
+])
+def test_expand_parameters_of_the_wrong_type_are_400(client, parameter, message):
+    answer = client.post("/fhir/ValueSet/back-muscle-spasm/$expand", json={"resourceType": "Parameters", "parameter": [parameter]})
+    if message is None:
+        assert answer.status_code == 200 and "contains" not in answer.json["expansion"]
+    else:
+        assert answer.status_code == 400 and message in answer.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("query", ["count=1.5", "count=-1", "offset=abc", "count=1&count=2", "count=99999999999999999999999"])
+def test_expand_query_parameters_of_the_wrong_type_are_400(client, query):
+    answer = client.get(f"/fhir/ValueSet/back-muscle-spasm/$expand?{query}")
+    diagnostics = answer.json["issue"][0]["diagnostics"]
+    assert answer.status_code == 400 and ("non-negative integer" in diagnostics or "more than once" in diagnostics)
 
 
 def test_apply_of_an_unknown_plan_is_not_found_or_bad(client):

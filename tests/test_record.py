@@ -161,3 +161,14 @@ def test_retrieve_reads_codes_as_the_general_path_reader_does(terminology, resou
         expected = [r for r in record.of_type(rtype) if record._codes_of_element(r, path) & wanted]
         found = record.retrieve({"type": rtype, "codeFilter": [{"path": path, "valueSet": valueset}]})
         assert [id(r) for r in found] == [id(r) for r in expected], (rtype, path)
+
+
+@pytest.mark.parametrize("full_url", [{"url": "urn:uuid:1"}, ["urn:uuid:1"], 42, True])
+def test_an_entry_whose_full_url_is_not_a_string_is_read_by_its_resource_alone(terminology, full_url):
+    patient = {"resourceType": "Patient", "id": "p1"}
+    spasm = condition("c1", SPASM_SCT, 3) | {"subject": {"reference": "Patient/p1"}}
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"fullUrl": full_url, "resource": patient}, {"fullUrl": full_url, "resource": spasm}, {"resource": "Condition/c2"},
+                        {"resource": ["not", "a", "resource"]}, "entry"]}
+    built = Record.from_data([bundle], terminology, CLOCK, subject="Patient/p1")
+    assert built.of_type("Condition") == [spasm] and built.get("Patient/p1") == patient
