@@ -2,23 +2,147 @@
 
 The protocol is loaded and compiled once in the master process before the workers fork (preload), so every
 worker answers its first request at full speed and shares the compiled content's memory.
+
+Two things gunicorn would otherwise do its own way are made to match the rest of the service:
+- errors gunicorn answers itself, before the application sees the request (a request line or headers too long,
+  a malformed request line or chunk), get the same JSON OperationOutcome body as every other error, not HTML;
+- a request answered without its body being read whole (a 401 before the body, a 413, a 404) is answered with
+  ``Connection: close``: gunicorn only drains a small unread body, and would otherwise drop the kept-alive
+  connection after the answer, losing the client's next request on it; a chunked body is held to the same
+  size limit as one with a Content-Length.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.gthread import ThreadWorker
+from werkzeug.exceptions import BadRequest
 
 from service import create_app
 from service.config import Settings
+from service.errors import outcome
+
+#: Status of each error gunicorn's HTTP parser raises (anything else it raises is a 400: a malformed request).
+PARSER_ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (http_errors.LimitRequestLine, 414, "the request line is too long"),
+    (http_errors.LimitRequestHeaders, 431, "the request headers are too large or too many"),
+    (http_errors.UnsupportedTransferCoding, 501, "the transfer coding is not supported"),
+    (http_errors.ExpectationFailed, 417, "the Expect header cannot be met"),
+    (http_errors.ForbiddenProxyRequest, 403, "the proxy is not allowed"),
+    (http_errors.ParseException, 400, "the request is not valid HTTP/1.1"),
+]
+REASONS = {400: "Bad Request", 403: "Forbidden", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented"}
+
+
+def error_bytes(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer with a JSON OperationOutcome body, closing the connection."""
+    body = orjson.dumps(outcome(status, message))
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class JsonErrorWorker(ThreadWorker):
+    """gunicorn's threaded worker, answering the errors it raises itself with the service's JSON body."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        status, message = next(((code, text) for kind, code, text in PARSER_ERROR_STATUS if isinstance(exc, kind)),
+                               (500, "internal error: the request could not be processed"))
+        if status == 500:
+            self.log.error("error handling a request: %s", type(exc).__name__)
+        else:
+            self.log.info("refused a malformed request: %s", type(exc).__name__)
+        try:
+            client.sendall(error_bytes(status, message))
+        except OSError:
+            pass
+
+
+class _CountingInput:
+    """The request body stream, noting whether it was read to its end; a read that fails is the client's 400."""
+
+    def __init__(self, stream: Any, length: int | None):
+        self._stream = stream
+        self._left = length
+        self.finished = length == 0
+
+    def _saw(self, data: bytes, asked: int | None) -> bytes:
+        if self._left is not None:
+            self._left -= len(data)
+            self.finished = self.finished or self._left <= 0
+        if not data and asked != 0:
+            self.finished = True
+        return data
+
+    def read(self, size: int | None = None) -> bytes:
+        try:
+            return self._saw(self._stream.read() if size is None or size < 0 else self._stream.read(size), size)
+        except Exception as exc:  # gunicorn's parser errors and a client gone mid-body, whatever their class
+            raise BadRequest("the request body could not be read whole (malformed or cut short)") from exc
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._saw(self._stream.readline() if size is None else self._stream.readline(size), size)
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+def _answer(start_response: Callable[..., Any], status: int, message: str) -> list[bytes]:
+    """A JSON error answer from the middleware itself, closing the connection."""
+    body = orjson.dumps(outcome(status, message))
+    _force_close(start_response)
+    start_response(f"{status} {REASONS.get(status, 'Error')}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _force_close(start_response: Callable[..., Any]) -> None:
+    """Make gunicorn end the connection after this answer (it ignores a Connection header set by the application)."""
+    response = getattr(start_response, "__self__", None)
+    if hasattr(response, "force_close"):
+        response.force_close()
+
+
+def guard_bodies(app: Callable[..., Iterable[bytes]], max_body_bytes: int) -> Callable[..., Iterable[bytes]]:
+    """WSGI middleware for the request body under gunicorn.
+
+    A chunked body is read here, at most ``max_body_bytes`` (413 above, 400 if its chunks are malformed), and handed
+    on with its length, so the limit holds whatever the framing. An answer given without the body read to its end
+    closes the connection, so a kept-alive connection is never dropped under the client's next request.
+    """
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not length and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            try:
+                data = environ["wsgi.input"].read(max_body_bytes + 1)
+            except Exception:  # gunicorn's chunk parser errors, or the client gone
+                return _answer(start_response, 400, "the chunked request body is malformed or was cut short")
+            if len(data) > max_body_bytes:
+                return _answer(start_response, 413, f"request body too large (limit {max_body_bytes} bytes)")
+            environ["wsgi.input"], length = io.BytesIO(data), str(len(data))
+            environ["CONTENT_LENGTH"] = length
+        body = _CountingInput(environ["wsgi.input"], int(length) if length.isdigit() else 0)
+        environ["wsgi.input"] = body
+        result = app(environ, start_response)
+        if not body.finished:
+            _force_close(start_response)
+        return result
+
+    return guarded
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, app: Any, options: dict[str, Any]):
+    def __init__(self, app: Any, options: dict[str, Any], max_body_bytes: int):
         self._app = app
+        self._max_body_bytes = max_body_bytes
         self._options = options
         super().__init__()
 
@@ -27,7 +151,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self._app
+        return guard_bodies(self._app, self._max_body_bytes)
 
 
 def worker_count(settings: Settings) -> int:
@@ -46,7 +170,7 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
     options = {
         "bind": f"{host}:{port}",
         "workers": worker_count(settings),
-        "worker_class": "gthread",
+        "worker_class": JsonErrorWorker,
         "threads": settings.threads,
         "preload_app": True,
         "timeout": 30,
@@ -57,4 +181,4 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
         "loglevel": settings.log_level.lower(),
         "limit_request_line": 8190,
     }
-    _Gunicorn(app, options).run()
+    _Gunicorn(app, options, settings.max_body_bytes).run()
