@@ -118,32 +118,32 @@ def normalise_url(url: str) -> str:
 
 
 class ReplayCache:
-    """Token ids seen, until they expire; in SQLite so that every worker process sees them."""
+    """Token ids seen, until they expire; in SQLite so that every worker process sees them.
+
+    The first use of a jti is written durably (synced to disk) before the request goes on, in a write transaction
+    where the primary key decides between processes that see the same jti at once: exactly one of them inserts it.
+    A database that cannot take the write refuses the request with a 503 (StorageUnavailable); a token is never
+    let through unrecorded.
+    """
+
+    SCHEMA = "CREATE TABLE IF NOT EXISTS seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (iss, jti));"
 
     def __init__(self, path: str):
-        self.path = path
-        self._local = threading.local()
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (iss, jti))")
+        from service.feedback import SqliteFile  # the stores' one way of writing SQLite
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=5000")
-            self._local.db = db
-        return db
+        self.path = path
+        self._database = SqliteFile(path, self.SCHEMA)
 
     def first_use(self, iss: str, jti: str, exp: int, now: float) -> bool:
-        """Record the token id; False if it was already used."""
-        db = self._db()
-        try:
-            db.execute("INSERT INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp))
-        except sqlite3.IntegrityError:
-            return False
-        if int(now) % 64 == 0:
-            db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
-        return True
+        """Record the token id; False if it was already used. Expired ids are cleared now and then."""
+
+        def record(db: sqlite3.Connection) -> bool:
+            inserted = db.execute("INSERT OR IGNORE INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 1
+            if inserted and int(now) % 64 == 0:
+                db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
+            return inserted
+
+        return self._database.write(record, "token id")
 
 
 class Authenticator:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.cards import IssuedCard
-from service.errors import BadRequest
+from service.errors import BadRequest, ServiceError
 
 log = logging.getLogger("back_spasm_cds.feedback")
 
@@ -195,30 +198,161 @@ def _is_datetime(text: str) -> bool:
     return "T" in text
 
 
+#: How long one attempt waits for the write lock (SQLite's busy handler), how many attempts a write gets, and the
+#: first pause between attempts (doubled each time and jittered, so that writers refused together do not retry together).
+#: Every attempt waiting its full time stays well inside gunicorn's 30-second worker timeout.
+BUSY_TIMEOUT_MS = 2000
+WRITE_ATTEMPTS = 4
+FIRST_BACKOFF_SECONDS = 0.02
+#: Seconds a client is asked to wait (Retry-After) before it sends a refused write again.
+RETRY_AFTER_SECONDS = 2
+#: SQLite's primary result codes for a database another connection holds.
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+Result = TypeVar("Result")
+
+
+class StorageUnavailable(ServiceError):
+    """A write the database cannot take now (still locked after every attempt, disk full, file unusable): nothing of it
+    was kept, so the client is told to send it again later (503 with Retry-After), never told it was stored."""
+
+    status = 503
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """The error says another connection holds the database ("database is locked", "busy"): worth another attempt."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _backoff(attempt: int) -> float:
+    """Pause before attempt ``attempt`` (1, 2, ...): doubling from FIRST_BACKOFF_SECONDS, between half and one and a half of it."""
+    return FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+
+
+class SqliteFile:
+    """One SQLite file shared by the threads of a process (a connection each) and by several worker processes.
+
+    The file is in WAL mode and every connection commits with ``synchronous=FULL``: a write that returned has been
+    synced to disk, so it survives the process being killed and the machine losing power. A write runs as one
+    transaction begun with ``BEGIN IMMEDIATE``, which takes the write lock before reading and waits for it in SQLite's
+    busy handler (a deferred transaction that reads first fails at once with "database is locked" when another
+    process commits in between). A write still refused as busy is tried again, a bounded number of times; then, and
+    for a database that cannot be written at all, it is rolled back and refused with StorageUnavailable.
+
+    The constructor opens the constructing thread's connection, so that a database that cannot be opened stops the
+    service at start. Worker processes forked after it (gunicorn preloads the application) open their own.
+    """
+
+    def __init__(self, path: str, schema: str):
+        self.path = path
+        self.schema = schema
+        self._local = threading.local()
+        self._inherited: list[sqlite3.Connection] = []
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.connection()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema created) on first use.
+
+        A connection inherited from the parent process is set aside, never used and never closed: closing its file
+        in this process would drop the locks this process's own connections hold on the database.
+        """
+        pid, db = getattr(self._local, "db", (None, None))
+        if db is None or pid != os.getpid():
+            if db is not None:
+                self._inherited.append(db)
+            db = self._open()
+            self._local.db = (os.getpid(), db)
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection, if it has one (the next use opens a new one)."""
+        pid, db = getattr(self._local, "db", (None, None))
+        self._local.db = (None, None)
+        if db is not None and pid == os.getpid():
+            db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=True)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(self.schema)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def write(self, work: Callable[[sqlite3.Connection], Result], what: str) -> Result:
+        """``work(connection)`` in one durable write transaction; its result once committed. ``what`` names the write in logs."""
+        attempt = 1
+        while True:
+            try:
+                return self._transaction(work)
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or attempt == WRITE_ATTEMPTS:
+                    raise self._unavailable(what, exc, attempt) from None
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:  # integrity, programming, data errors: a fault of the code
+                    raise
+                raise self._unavailable(what, exc, attempt) from None
+            log.info("database busy, write tried again", extra={"fields": {"event": "database-busy", "write": what, "attempt": attempt}})
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
+        db = self.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback(db)
+            raise
+        return result
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        """Undo an unfinished transaction; a connection that cannot even roll back is closed, to be opened afresh."""
+        try:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self.close()
+
+    def _unavailable(self, what: str, exc: sqlite3.Error, attempts: int) -> StorageUnavailable:
+        """The refusal of a write, logged with the SQLite error's name (never the statement or its values)."""
+        log.error("database write refused", extra={"fields": {"event": "database-unavailable", "write": what, "attempts": attempts,
+                                                              "error": type(exc).__name__, "sqlite_error": getattr(exc, "sqlite_errorname", None)}})
+        return StorageUnavailable(f"the database cannot take the {what} now; send it again later")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class FeedbackStore:
-    """SQLite storage shared by the threads of a worker (one connection per thread)."""
+    """Issued cards and feedback in SQLite, shared by the threads of a worker and by the worker processes.
+
+    Writes are durable before they are acknowledged, and a database that stays locked or cannot be written gives
+    StorageUnavailable (503), never a partial write (see SqliteFile).
+    """
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        self._local = threading.local()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self._connection() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        self._database = SqliteFile(self.path, SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=True)
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(SCHEMA)
-            self._local.db = db
-        return db
+        return self._database.connection()
 
     def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> None:
         """Remember the cards of one response (and their suggestions)."""
@@ -226,30 +360,35 @@ class FeedbackStore:
         if not cards:
             return
         issued_at = _now()
-        db = self._connection()
-        with db:
-            db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO issued_card VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, c.summary, issued_at) for c in cards])
-            db.executemany("INSERT OR IGNORE INTO issued_suggestion VALUES (?, ?, ?)",
-                           [(s_uuid, c.uuid, label) for c in cards for s_uuid, label in c.suggestions])
+        card_rows = [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, c.summary, issued_at) for c in cards]
+        suggestion_rows = [(s_uuid, c.uuid, label) for c in cards for s_uuid, label in c.suggestions]
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR IGNORE INTO issued_card VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
+            db.executemany("INSERT OR IGNORE INTO issued_suggestion VALUES (?, ?, ?)", suggestion_rows)
+
+        self._database.write(insert, "record of the issued cards")
 
     def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> bool:
         """record_cards, but a database failure is logged, not raised: the clinician still gets the cards."""
         try:
             self.record_cards(service_id, hook, hook_instance, cards)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageUnavailable) as exc:
             log.error("issued cards not recorded", extra={"fields": {"event": "database-error", "error": type(exc).__name__}})
             return False
         return True
 
     def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
-        """Store feedback items; the same item sent twice is kept once. Returns how many were new."""
-        db = self._connection()
+        """Store feedback items; the same item sent twice is kept once. Returns how many were new.
+
+        All items are stored in one transaction, synced to disk before this returns; StorageUnavailable (503) when
+        the database cannot take them, and then none of them is stored.
+        """
+        items = list(items)
         received = _now()
-        new = 0
-        with db:
-            db.execute("BEGIN")
+
+        def insert(db: sqlite3.Connection) -> int:
+            new = 0
             for item in items:
                 known = db.execute("SELECT 1 FROM issued_card WHERE uuid = ? AND service_id = ?", (item.card, service_id)).fetchone() is not None
                 reason = item.reason or {}
@@ -259,7 +398,9 @@ class FeedbackStore:
                     (service_id, item.card, item.outcome, json.dumps(item.accepted) if item.accepted else None, reason.get("system"),
                      reason.get("code"), reason.get("display"), item.comment, item.timestamp, received, int(known)))
                 new += cursor.rowcount
-        return new
+            return new
+
+        return self._database.write(insert, "feedback")
 
     def feedback(self, card_uuid: str | None = None) -> list[dict[str, Any]]:
         """Stored feedback (all, or for one card), with the card it concerns."""
