@@ -71,7 +71,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
-        headers = {"WWW-Authenticate": 'Bearer realm="cds-services"'} if exc.status == 401 else None
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'
         return error_response(exc.status, exc.message, exc.details, headers)
 
     @app.errorhandler(HTTPException)
