@@ -28,6 +28,7 @@ import requests
 
 from protocol.engine import CompiledPlan, Engine
 from service.errors import PreconditionFailed
+from service.hook_request import FHIR_ID
 
 PATIENT_TOKEN = "{{context.patientId}}"
 #: FHIR search parameter for a data requirement's code path, where it is not the path itself.
@@ -89,17 +90,30 @@ def _code_query(engine: Engine, rtype: str, requirements: list[Mapping[str, Any]
 
 
 def render(template: str, context: Mapping[str, Any]) -> str | None:
-    """The template with its ``{{context.x}}`` tokens filled; None if a token has no value."""
-    out = template
-    while "{{" in out:
-        start = out.index("{{")
-        end = out.index("}}", start)
-        token = out[start + 2:end].strip()
-        value = context.get(token[len("context."):]) if token.startswith("context.") else None
-        if not isinstance(value, str) or not value:
+    """The template with its ``{{context.x}}`` tokens filled in one pass; None if it cannot be filled safely.
+
+    The result is a URL, so every value must be a FHIR id (1 to 64 letters, digits, '-' or '.'); a token without
+    such a value, or a token left open, gives None. Values are data, never read again as a template.
+    """
+    parts: list[str] = []
+    position = 0
+    while (start := template.find("{{", position)) >= 0:
+        end = template.find("}}", start + 2)
+        value = _token_value(template[start + 2:end].strip(), context) if end >= 0 else None
+        if value is None:
             return None
-        out = out[:start] + value + out[end + 2:]
-    return out
+        parts += (template[position:start], value)
+        position = end + 2
+    parts.append(template[position:])
+    return "".join(parts)
+
+
+def _token_value(token: str, context: Mapping[str, Any]) -> str | None:
+    """The context value a ``context.x`` token names, if it is a FHIR id."""
+    if not token.startswith("context.") or not isinstance(context, Mapping):
+        return None
+    value = context.get(token[len("context."):])
+    return value if isinstance(value, str) and FHIR_ID.fullmatch(value) else None
 
 
 # -- satisfying a call --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from werkzeug.wrappers import Response
 
-from service.prefetch import PAGE_SIZE, failed
+from service.prefetch import PAGE_SIZE, failed, render
 
 from tests.patients import (
     CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, SERTRALINE, TENS_DEVICE, Patient,
@@ -426,3 +426,44 @@ CONDITION = {"resourceType": "Condition", "id": "c1"}
 def test_values_that_are_not_the_whole_answer_count_as_failed(value, is_failure):
     """An error outcome, a Bundle holding one (even beside data) or a first page only is read again; warnings are fine."""
     assert failed(value) is is_failure
+
+
+# -- rendering templates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template, context, expected", [
+    ("Patient/{{context.patientId}}", {"patientId": "p-1.2"}, "Patient/p-1.2"),
+    ("Condition?patient={{ context.patientId }}", {"patientId": "p1"}, "Condition?patient=p1"),
+    ("Encounter/{{context.encounterId}}?patient={{context.patientId}}", {"patientId": "p1", "encounterId": "e1"},
+     "Encounter/e1?patient=p1"),
+    ("Patient/{{context.patientId}}", {"patientId": "a" * 64}, "Patient/" + "a" * 64),
+    ("Patient?name=x}}", {}, "Patient?name=x}}"),
+    ("metadata", {}, "metadata"),
+])
+def test_a_template_is_rendered(template, context, expected):
+    assert render(template, context) == expected
+
+
+@pytest.mark.parametrize("template, context", [
+    ("Patient/{{context.patientId}}", {"patientId": "{{context.encounterId}}", "encounterId": "e1"}),
+    ("Patient/{{context.patientId}}", {"patientId": "p1{{x"}),
+    ("Patient/{{context.patientId}}", {"patientId": "{{context.patientId}}"}),
+    ("Patient/{{context.patientId", {"patientId": "p1"}),
+    ("Condition?patient={{context.patientId}}&code={{", {"patientId": "p1"}),
+    ("Patient/{{userPractitionerId}}", {"patientId": "p1", "userId": "Practitioner/1"}),
+    ("Patient/{{context.patientId}}", {}),
+    ("Patient/{{context.patientId}}", {"patientId": ""}),
+    ("Patient/{{context.patientId}}", {"patientId": 7}),
+    ("Patient/{{context.patientId}}", {"patientId": ["p1"]}),
+    ("Patient/{{context.patientId}}", {"patientId": "a" * 65}),
+    ("Patient/{{context.patientId}}", {"patientId": "p1/../../Practitioner/x"}),
+    ("Patient/{{context.patientId}}", {"patientId": "p1?_format=xml"}),
+    ("Patient/{{context.patientId}}", {"patientId": "p 1"}),
+    ("Patient/{{context.patientId}}", {"patientId": "p1#x"}),
+    ("Patient/{{context.patientId}}", {"patientId": "p1\r\nX-Injected: 1"}),
+    ("Patient/{{context.patientId}}", {"patientId": "pé"}),
+    ("Patient/{{context.patientId}}", None),
+])
+def test_a_template_that_cannot_be_filled_with_fhir_ids_gives_none(template, context):
+    """A context value is data: one that is not a FHIR id never goes into a URL, and is never read as a template."""
+    assert render(template, context) is None
