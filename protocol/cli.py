@@ -156,9 +156,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the CDS Hooks service under gunicorn (development mode on a loopback address, production elsewhere)."""
-    import os
+    """Run the CDS Hooks service under gunicorn.
 
+    The mode is what the configuration says (file, environment); only when nothing sets it does the address decide:
+    development on a loopback address, production elsewhere. Development mode is refused where trusted clients are
+    configured (a production set-up behind a local proxy must not fall back to development), and off loopback
+    without --insecure. The start line says which source set the mode, the database and the trusted clients.
+    """
     from service.config import ENV_PREFIX, ConfigError, Settings
     from service.server import run
 
@@ -166,10 +170,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.timezone is not None:
         overrides["timezone"] = args.timezone
     loopback = args.host in LOOPBACK
-    if not os.environ.get(ENV_PREFIX + "MODE"):
-        overrides["mode"] = "development" if loopback or args.insecure else "production"
+    defaults = {"mode": "development" if loopback or args.insecure else "production"}
     try:
-        settings = Settings.load(overrides=overrides)
+        settings = Settings.load(overrides=overrides, defaults=defaults)
     except ConfigError as exc:
         if not loopback and not args.insecure and "trusted_clients" in str(exc):
             print(f"error: refusing to serve on {args.host} without a trusted-clients configuration "
@@ -177,10 +180,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    if settings.mode == "development" and settings.trusted_clients:
+        print(f"error: refusing development mode with trusted clients configured (trusted_clients from "
+              f"{settings.sources['trusted_clients']}); set mode to production ({ENV_PREFIX}MODE=production)", file=sys.stderr)
+        return 2
+    if settings.mode == "development" and not loopback and not args.insecure:
+        print(f"error: refusing development mode on {args.host} (mode from {settings.sources['mode']}); "
+              "pass --insecure for a development server on this address", file=sys.stderr)
+        return 2
     if settings.mode == "development" and not loopback:
         print(f"warning: development mode on {args.host}: the public sandbox issuer is trusted and calls without a JWT are "
               "accepted; never do this with real patient data", file=sys.stderr)
     print(f"serving CDS Hooks ({settings.mode} mode) on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    for name in ("mode", "database", "trusted_clients"):
+        print(f"  {name}: {getattr(settings, name) or 'none'} (from {settings.sources[name]})", file=sys.stderr)
     run(args.host, args.port, settings)
     return 0
 

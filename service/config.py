@@ -1,7 +1,10 @@
-"""The service's configuration, in one place: defaults, an optional JSON file, then environment variables.
+"""The service's configuration, in one place: defaults, an optional JSON file, environment variables, command line.
 
-Each setting can be given in a JSON file named by ``BACK_SPASM_CDS_CONFIG`` (keys as below) and overridden
-by an environment variable ``BACK_SPASM_CDS_<NAME>`` (upper case), e.g. ``BACK_SPASM_CDS_REQUEST_BUDGET=2.5``.
+Each setting can be given in a JSON file named by ``BACK_SPASM_CDS_CONFIG`` (keys as below), overridden by an
+environment variable ``BACK_SPASM_CDS_<NAME>`` (upper case), e.g. ``BACK_SPASM_CDS_REQUEST_BUDGET=2.5``, which the
+command line overrides in turn. A caller may give its own defaults (``serve`` derives the mode from the address it
+binds); they stand only where no file, variable or option sets the value. ``Settings.sources`` says where each
+setting came from.
 """
 
 from __future__ import annotations
@@ -41,31 +44,36 @@ class Settings:
     timezone: str = "UTC"                     #: local time zone (IANA name) in which dates without a time are read
     workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
     threads: int = 4                          #: threads per worker
+    sources: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)  #: where each setting came from
 
     @classmethod
-    def load(cls, environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> "Settings":
-        """Defaults, then the JSON file named by BACK_SPASM_CDS_CONFIG, then environment variables, then overrides."""
+    def load(cls, environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None,
+             defaults: dict[str, Any] | None = None) -> "Settings":
+        """Built-in defaults, the caller's ``defaults``, the JSON file named by BACK_SPASM_CDS_CONFIG, environment
+        variables, then ``overrides`` (the command line); each later source wins."""
         environ = dict(os.environ if environ is None else environ)
+        known = {f.name: f for f in fields(cls) if f.init}
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+
+        def take(found: dict[str, Any], source: str) -> None:
+            values.update(found)
+            sources.update(dict.fromkeys(found, source))
+
+        take(dict(defaults or {}), "the address served (default)")
         config_file = environ.get(ENV_PREFIX + "CONFIG")
         if config_file:
-            try:
-                loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{ENV_PREFIX}CONFIG={config_file}: {exc}") from exc
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{config_file}: a JSON object of settings is expected")
-            values.update(loaded)
-        known = {f.name: f for f in fields(cls)}
+            take(_read_file(config_file), f"the file {config_file}")
         for name, f in known.items():
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _parse(name, raw, f.type)
-        values.update(overrides or {})
+                take({name: _parse(name, raw, f.type)}, f"the environment ({ENV_PREFIX}{name.upper()})")
+        take(dict(overrides or {}), "the command line")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
         settings = cls(**values)
+        settings.sources = {name: sources.get(name, "built-in default") for name in known}
         settings.check()
         return settings
 
@@ -89,7 +97,20 @@ class Settings:
             raise ConfigError(f"timezone: {exc}") from exc
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("sources", None)
+        return out
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """The settings of a JSON configuration file."""
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{ENV_PREFIX}CONFIG={path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a JSON object of settings is expected")
+    return loaded
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:

@@ -7,8 +7,8 @@ signed JWT whose claims were mutated the same way. Every answer must be below 50
 OperationOutcome. After the run a valid request must still get exactly the cards it got before.
 
 The examples are derandomized (a fixed seed). ``FUZZ_EXAMPLES`` sets how many (default 300; run 10,000 or more
-locally). ``FUZZ_LIVE=1`` sends them over HTTP to the service under gunicorn instead of the in-process client,
-and also counts dropped connections and answers slower than 10 s (there must be none):
+locally). ``FUZZ_LIVE=1`` sends them over HTTP to the service under gunicorn (in production mode) instead of the
+in-process client, and also counts dropped connections and answers slower than 10 s (there must be none):
 
     FUZZ_EXAMPLES=10000 FUZZ_LIVE=1 python -m pytest -q tests/test_fuzz.py
 """
@@ -55,6 +55,9 @@ def _hostile_leaf() -> st.SearchStrategy[Any]:
 HOSTILE = st.recursive(_hostile_leaf(), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.sampled_from(["resourceType", "id", "reference", "code", "system", "value", "entry", "resource", "coding", "x"]), inner, max_size=3),
     max_leaves=8)
+#: How often each kind of token is drawn; the live service is in production mode, where only a valid token gets past.
+TOKEN_KINDS = ["none", "valid", "valid", "valid", "valid", "valid", "claims", "claims", "header", "garbage"] if LIVE else \
+    ["none", "none", "none", "valid", "valid", "valid", "claims", "claims", "header", "garbage"]
 OPERATIONS = ["replace", "replace", "replace", "drop", "wrap", "unwrap", "deep", "duplicate"]
 
 
@@ -161,7 +164,7 @@ def signed(key: Any, header: dict[str, Any], claims: dict[str, Any]) -> str:
 
 def token_for(key: Any, audience: str, draw: Any) -> str | None:
     """No token, a valid one, or one whose header or claims were mutated."""
-    kind = draw(st.sampled_from(["none", "none", "none", "valid", "valid", "valid", "claims", "claims", "header", "garbage"]))
+    kind = draw(st.sampled_from(TOKEN_KINDS))
     if kind == "none":
         return None
     if kind == "garbage":
@@ -251,22 +254,27 @@ def target(tmp_path_factory, key):
     if not LIVE:
         yield app, InProcess(app), "http://localhost"
         return
-    env = {"BACK_SPASM_CDS_TRUSTED_CLIENTS": str(clients), "BACK_SPASM_CDS_MAX_BODY_BYTES": str(512 * 1024)}
-    with LiveServer(folder / "live.sqlite", env=env) as live:
+    live = LiveServer(folder / "live.sqlite")
+    live.env.update({"BACK_SPASM_CDS_MODE": "production", "BACK_SPASM_CDS_TRUSTED_CLIENTS": str(clients),
+                     "BACK_SPASM_CDS_PUBLIC_BASE_URL": live.base, "BACK_SPASM_CDS_MAX_BODY_BYTES": str(512 * 1024)})
+    with live:
         yield app, OverHttp(live.port), live.base
 
 
+def valid_cards(target: Any, key: Any, name: str) -> list[dict[str, Any]]:
+    """The cards of the valid request of a hook, sent with a valid token."""
+    app, transport, base = target
+    method, path, body = seeds_cache(app)[name]
+    headers = {"Content-Type": "application/json", "Authorization": token_for(key, base + path, lambda _: "valid")}
+    answer = transport.send(method, path, json.dumps(body).encode(), headers)
+    assert answer.status == 200, answer.body[:500]
+    return without_uuids(json.loads(answer.body)["cards"])
+
+
 @pytest.fixture(scope="module")
-def baseline(target):
+def baseline(target, key):
     """The cards a valid request gets before any fuzzing."""
-    app, transport, _ = target
-    answers = {}
-    for name in SERVICES:
-        method, path, body = seeds_cache(app)[name]
-        answer = transport.send(method, path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        assert answer.status == 200, answer.body[:500]
-        answers[name] = without_uuids(json.loads(answer.body)["cards"])
-    return answers
+    return {name: valid_cards(target, key, name) for name in SERVICES}
 
 
 STATUSES: Counter[int] = Counter()
@@ -335,14 +343,11 @@ def _timeless(cards: Any) -> list[str]:
     return re.sub(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"', '"<now>"', text).splitlines()
 
 
-def test_after_the_fuzzing_a_valid_request_gets_the_same_cards(target, baseline):
+def test_after_the_fuzzing_a_valid_request_gets_the_same_cards(target, baseline, key):
     """Runs after the fuzz test (file order): nothing the hostile requests did changed the answers."""
-    app, transport, _ = target
+    transport = target[1]
     for name in SERVICES:
-        method, path, body = seeds_cache(app)[name]
-        answer = transport.send(method, path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        assert answer.status == 200
-        assert _timeless(without_uuids(json.loads(answer.body)["cards"])) == _timeless(baseline[name])
+        assert _timeless(valid_cards(target, key, name)) == _timeless(baseline[name])
     print(f"\nfuzz: {sum(STATUSES.values())} requests, by status {dict(sorted(STATUSES.items()))}"
           + (f", dropped or hung: {dict(transport.problems)}" if isinstance(transport, OverHttp) else ""))
     if isinstance(transport, OverHttp):
