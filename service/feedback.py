@@ -240,8 +240,11 @@ def _backoff(attempt: int) -> float:
 class SqliteFile:
     """One SQLite file shared by the threads of a process (a connection each) and by several worker processes.
 
-    The file is in WAL mode and every connection commits with ``synchronous=FULL``: a write that returned has been
-    synced to disk, so it survives the process being killed and the machine losing power. A write runs as one
+    The file is in WAL mode. A durable write commits with ``synchronous=FULL``: when it returns it has been synced to
+    disk, so it survives the process being killed and the machine losing power. A write that may be lost with the
+    machine's power (``durable=False``) commits with ``synchronous=NORMAL``: it survives the process being killed, and
+    reaches the disk with the next durable write, without a sync of its own. Each sync is made while the write lock
+    is held, so they are kept for the writes that need them. A write runs as one
     transaction begun with ``BEGIN IMMEDIATE``, which takes the write lock before reading and waits for it in SQLite's
     busy handler (a deferred transaction that reads first fails at once with "database is locked" when another
     process commits in between). A write still refused as busy is tried again, a bounded number of times; then, and
@@ -272,6 +275,7 @@ class SqliteFile:
                 self._inherited.append(db)
             db = self._open()
             self._local.db = (os.getpid(), db)
+            self._local.synchronous = "FULL"
         return db
 
     def close(self) -> None:
@@ -293,12 +297,13 @@ class SqliteFile:
             raise
         return db
 
-    def write(self, work: Callable[[sqlite3.Connection], Result], what: str) -> Result:
-        """``work(connection)`` in one durable write transaction; its result once committed. ``what`` names the write in logs."""
+    def write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool = True) -> Result:
+        """``work(connection)`` in one write transaction; its result once committed (and synced to disk if ``durable``).
+        ``what`` names the write in logs."""
         attempt = 1
         while True:
             try:
-                return self._transaction(work)
+                return self._transaction(work, "FULL" if durable else "NORMAL")
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc) or attempt == WRITE_ATTEMPTS:
                     raise self._unavailable(what, exc, attempt) from None
@@ -310,8 +315,11 @@ class SqliteFile:
             time.sleep(_backoff(attempt))
             attempt += 1
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
+    def _transaction(self, work: Callable[[sqlite3.Connection], Result], synchronous: str) -> Result:
         db = self.connection()
+        if self._local.synchronous != synchronous:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self._local.synchronous = synchronous
         db.execute("BEGIN IMMEDIATE")
         try:
             result = work(db)
@@ -355,7 +363,8 @@ class FeedbackStore:
         return self._database.connection()
 
     def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> None:
-        """Remember the cards of one response (and their suggestions)."""
+        """Remember the cards of one response (and their suggestions); not synced on its own (a power cut may lose the
+        latest), since the clinician has the cards whatever happens to this record."""
         cards = list(cards)
         if not cards:
             return
@@ -367,7 +376,7 @@ class FeedbackStore:
             db.executemany("INSERT OR IGNORE INTO issued_card VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
             db.executemany("INSERT OR IGNORE INTO issued_suggestion VALUES (?, ?, ?)", suggestion_rows)
 
-        self._database.write(insert, "record of the issued cards")
+        self._database.write(insert, "record of the issued cards", durable=False)
 
     def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> bool:
         """record_cards, but a database failure is logged, not raised: the clinician still gets the cards."""
