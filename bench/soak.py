@@ -116,6 +116,7 @@ def prefetch(templates: dict[str, str], resources: list[dict]) -> dict[str, Any]
 
 
 def request(hook: str, patient_id: str, resources: list[dict], templates: dict[str, str], drafts: Iterable[dict] = ()) -> dict:
+    """A complete hook request for a record (drafts in the context on order-sign), its hookInstance a placeholder."""
     context: dict[str, Any] = {"userId": USER, "patientId": patient_id}
     if hook != "patient-view":
         context["draftOrders"] = draft_bundle(drafts)
@@ -201,6 +202,7 @@ class Signer:
 
 
 def trusted_clients(key: ec.EllipticCurvePrivateKey, folder: Path) -> Path:
+    """The trusted-clients file: one issuer, the public half of ``key`` inline."""
     public = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
     path = folder / "clients.json"
     path.write_text(json.dumps({"clients": [{"iss": ISSUER, "jwks": {"keys": [{**public, "kid": KID, "alg": "ES256", "use": "sig"}]}}]}))
@@ -211,6 +213,7 @@ def trusted_clients(key: ec.EllipticCurvePrivateKey, folder: Path) -> Path:
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -241,6 +244,7 @@ def start_server(port: int, folder: Path, clients: Path) -> subprocess.Popen:
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the master and its workers (the process group), SIGKILL if they do not stop."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -263,6 +267,7 @@ def workers(master: int) -> list[int]:
 
 
 def rss_mb(pid: int) -> float | None:
+    """VmRSS of a process in MB (None once it has gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -291,6 +296,7 @@ class RssSampler(threading.Thread):
 
 
 def discovery(port: int, signer: Signer) -> dict[str, dict[str, str]]:
+    """The prefetch templates of every service, from GET /cds-services."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/cds-services", headers={"Authorization": signer.header("/cds-services")})
     answer = connection.getresponse()
@@ -312,10 +318,12 @@ class Tally:
     samples: list[str] = field(default_factory=list)
 
     def add(self, kind: str, status: str, seconds: float) -> None:
+        """One call: its status and how long it took."""
         self.statuses[status] += 1
         self.latencies.setdefault(kind, []).append(seconds)
 
     def merge(self, other: "Tally") -> None:
+        """Add what another process saw."""
         self.statuses.update(other.statuses)
         self.mismatches.update(other.mismatches)
         for kind, values in other.latencies.items():
@@ -393,6 +401,7 @@ class Client:
         self.record("feedback", status, time.perf_counter() - started, "feedback", answer if status == 200 else None)
 
     def record(self, kind: str, status: int | str, seconds: float, name: str, answer: bytes | None) -> None:
+        """Count the call, and its answer if it differs from the single-client answer to the same request."""
         with self.lock:
             self.tally.add(kind, str(status), seconds)
             if answer is not None and answer != self.references[name]:
@@ -449,6 +458,7 @@ def references_of(port: int, signer: Signer, scenario_list: list[Scenario]) -> d
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The value at quantile ``q`` (nearest rank)."""
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
@@ -482,6 +492,7 @@ def server_problems(log: Path) -> dict[str, Any]:
 
 
 def summary(args: argparse.Namespace, tally: Tally, elapsed: float, rss: dict[int, float], drift: list[str], problems: dict[str, Any]) -> dict:
+    """The JSON report, with whether each target was met."""
     every = [t for values in tally.latencies.values() for t in values]
     errors = {status: n for status, n in tally.statuses.items() if status != "200"}
     largest = max(rss.values(), default=0.0)
@@ -503,7 +514,28 @@ def summary(args: argparse.Namespace, tally: Tally, elapsed: float, rss: dict[in
     }
 
 
+def run_load(args: argparse.Namespace, port: int, pem: bytes, scenario_list: list[Scenario], references: dict[str, bytes]) -> Tally:
+    """The clients, spread over processes, all starting together; their tallies merged."""
+    processes = max(1, min(args.processes, args.clients))
+    shares = [args.clients // processes + (1 if i < args.clients % processes else 0) for i in range(processes)]
+    context = multiprocessing.get_context("fork")
+    start, out = context.Barrier(processes + 1), context.Queue()
+    pool = [context.Process(target=client_process, args=(i, n, port, pem, scenario_list, references, start, args.seconds, out))
+            for i, n in enumerate(shares)]
+    for process in pool:
+        process.start()
+    start.wait()
+    tally = Tally()
+    for _ in pool:
+        tally.merge(out.get(timeout=args.seconds + 120))
+    for process in pool:
+        process.join(30)
+    return tally
+
+
+
 def main() -> None:
+    """Start the service, take the single-client answers, run the clients, print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=64, help="concurrent keep-alive clients (default 64)")
     parser.add_argument("--seconds", type=float, default=60, help="how long the clients send (default 60)")
@@ -531,25 +563,6 @@ def main() -> None:
         finally:
             stop_server(server)
         print(json.dumps(summary(args, tally, args.seconds, sampler.largest, drift, server_problems(folder / "serve.log")), indent=2))
-
-
-def run_load(args: argparse.Namespace, port: int, pem: bytes, scenario_list: list[Scenario], references: dict[str, bytes]) -> Tally:
-    """The clients, spread over processes, all starting together; their tallies merged."""
-    processes = max(1, min(args.processes, args.clients))
-    shares = [args.clients // processes + (1 if i < args.clients % processes else 0) for i in range(processes)]
-    context = multiprocessing.get_context("fork")
-    start, out = context.Barrier(processes + 1), context.Queue()
-    pool = [context.Process(target=client_process, args=(i, n, port, pem, scenario_list, references, start, args.seconds, out))
-            for i, n in enumerate(shares)]
-    for process in pool:
-        process.start()
-    start.wait()
-    tally = Tally()
-    for _ in pool:
-        tally.merge(out.get(timeout=args.seconds + 120))
-    for process in pool:
-        process.join(30)
-    return tally
 
 
 if __name__ == "__main__":
