@@ -13,20 +13,36 @@ are fetched too, so a drug is never missed because it was coded on a Medication 
 Incomplete data is missing data (PROTOCOL.md §4a): a query that cannot be read completely (a ``next`` link
 left after the last page allowed, a page that fails or reports an error, the time budget spent) fails the
 call with 412, never an answer built on part of the record. The 412 names the key and its query template.
+
+The time budget (``request_budget``) bounds the whole of it, whatever the FHIR server does: connecting, headers
+and body of every page and every read, in parallel. Bodies are read a chunk at a time with the deadline checked
+between chunks, and no more than ``max_body_bytes`` in all (what a client may send as prefetch is what may be
+read for it). At the deadline the call stops waiting, and every connection still open is shut, so that no
+thread stays blocked on a server that drips or hangs.
 """
 
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import orjson
 import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from protocol.engine import CompiledPlan, Engine
+from protocol.jsondata import JsonShapeError, check_shape
 from service.errors import PreconditionFailed
 from service.hook_request import FHIR_ID
 
@@ -37,6 +53,8 @@ SEARCH_PARAMETERS = {("MedicationRequest", "medication"): "code", ("MedicationSt
                      ("Immunization", "vaccineCode"): "vaccine-code"}
 #: ``_count`` asked of searches read from ``fhirServer``: large pages, so that few are needed.
 PAGE_SIZE = 1000
+#: Largest piece of an answer read at once; the deadline is checked between pieces.
+READ_CHUNK = 64 * 1024
 
 
 # -- templates ----------------------------------------------------------------------------------------------
@@ -223,38 +241,202 @@ class ReadFailed(Exception):
     """A query the FHIR server did not answer completely; the message is safe to send (no data, no URL)."""
 
 
-class FhirFetcher:
-    """GET requests to the client's FHIR server, with its bearer token, inside a deadline."""
+# -- connections a call can cut -------------------------------------------------------------------------------
 
-    def __init__(self, base: str, token: str | None, deadline: float, max_pages: int, session: requests.Session | None = None):
+
+class _Sockets:
+    """The sockets of one call's requests, so that all of them can be shut at once when the call stops waiting.
+
+    Shutting a socket wakes a thread blocked on it at once (its read fails), which a timeout cannot do for a
+    server that sends a byte now and then. A socket that connects after that is shut as soon as it connects.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[Any] = []
+        self.shut_down = False
+
+    def add(self, sock: Any) -> None:
+        with self._lock:
+            if not self.shut_down:
+                self._sockets.append(sock)
+                return
+        _shut(sock)
+
+    def shut(self) -> None:
+        with self._lock:
+            self.shut_down = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: Any) -> None:
+    """Shut a socket both ways (a TLS socket too, without a closing handshake); one already closed is left alone."""
+    if isinstance(sock, socket.socket):
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+#: The sockets of the call whose request the current thread is making (set around each request).
+_CALL_SOCKETS: ContextVar[_Sockets | None] = ContextVar("prefetch_call_sockets", default=None)
+
+
+class _TrackedConnection:
+    """A urllib3 connection whose socket goes to the call making the request once connected.
+
+    Connecting is bounded by the connect timeout, the TLS handshake included (Python's TLS operations take the
+    socket timeout as a deadline for the whole operation); what follows is what a server can drip.
+    """
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        sockets = _CALL_SOCKETS.get()
+        if sockets is not None:
+            sockets.add(self.sock)  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(_TrackedConnection, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TrackedConnection, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_TRACKED_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _CallAdapter(HTTPAdapter):
+    """The transport of one call: connections whose sockets the call can shut, shared with no other call."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
+
+
+def _keep_authorization(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Request auth that changes nothing: the Authorization header is the FHIR token or none, never a .netrc entry."""
+    return request
+
+
+# -- reading from the FHIR server -----------------------------------------------------------------------------
+
+
+class FhirFetcher:
+    """GET requests to the client's FHIR server, with its bearer token, inside a deadline and a byte allowance.
+
+    ``session`` gives the configuration (proxies, certificate checks, default headers); the connections are the
+    fetcher's own, and :meth:`close` shuts those still open. Safe to use from several threads.
+    """
+
+    def __init__(self, base: str, token: str | None, deadline: float, max_pages: int, session: requests.Session | None = None,
+                 *, max_bytes: int):
         self.base = base.rstrip("/") + "/"
         self.token = token
         self.deadline = deadline
         self.max_pages = max_pages
+        self.max_bytes = max_bytes
         self.session = session or requests.Session()
+        self._adapter = _CallAdapter()
+        self._sockets = _Sockets()
+        self._lock = threading.Lock()
+        self._bytes_left = max_bytes
         origin = urlsplit(self.base)
         self._origin = (origin.scheme, origin.netloc)
 
+    def remaining(self) -> float:
+        """Seconds left before the deadline (negative once it has passed)."""
+        return self.deadline - time.monotonic()
+
+    def close(self) -> None:
+        """Stop: every connection still open is shut (a thread blocked on one wakes at once) and no new one is used."""
+        self._sockets.shut()
+        self._adapter.close()
+
+    def _stopped(self) -> bool:
+        return self.remaining() <= 0 or self._sockets.shut_down
+
+    def _same_origin(self, url: str) -> bool:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
+        return (parts.scheme, parts.netloc) == self._origin
+
     def _get(self, url: str) -> dict[str, Any]:
         """One GET on the FHIR server: a FHIR resource that is not an OperationOutcome, or an exception."""
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0.05:
+        remaining = self.remaining()
+        if remaining <= 0.05 or self._sockets.shut_down:
             raise TimeoutError("time budget spent")
-        parts = urlsplit(url)
-        if (parts.scheme, parts.netloc) != self._origin:
+        if not self._same_origin(url):
             raise PermissionError("link to another server")
-        headers = {"Accept": "application/fhir+json, application/json"}
-        if self.token:
+        headers = {**self.session.headers, "Accept": "application/fhir+json, application/json"}
+        if isinstance(self.token, str) and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        response = self.session.get(url, headers=headers, timeout=remaining, allow_redirects=False)
-        if response.status_code != 200:
-            raise ReadFailed(f"HTTP {response.status_code}")
-        body = response.json()
-        if not isinstance(body, dict) or "resourceType" not in body:
+        prepared = requests.Request("GET", url, headers=headers, auth=_keep_authorization).prepare()
+        settings = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+        calling = _CALL_SOCKETS.set(self._sockets)
+        try:
+            response = self._adapter.send(prepared, stream=True, timeout=(remaining, remaining), verify=settings["verify"],
+                                          cert=settings["cert"], proxies=settings["proxies"])
+            try:
+                if response.status_code != 200:
+                    raise ReadFailed(f"HTTP {response.status_code}")
+                raw = self._body(response)
+            finally:
+                response.close()
+        finally:
+            _CALL_SOCKETS.reset(calling)
+        body = orjson.loads(raw)
+        check_shape(body)
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
             raise ValueError("not a FHIR resource")
         if body["resourceType"] == "OperationOutcome":
             raise ReadFailed("the server answered with an OperationOutcome")
         return body
+
+    def _body(self, response: requests.Response) -> bytes:
+        """The body of an answer, read a chunk at a time within the deadline and the call's byte allowance."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._bytes_left:
+            raise ReadFailed(self._too_large())
+        chunks = []
+        while not self._stopped():
+            chunk = response.raw.read1(READ_CHUNK, decode_content=True)
+            if not chunk:
+                break
+            self._spend(len(chunk))
+            chunks.append(chunk)
+        if self._stopped():
+            raise TimeoutError("time budget spent")
+        return b"".join(chunks)
+
+    def _spend(self, size: int) -> None:
+        """Count bytes read against the call's allowance; past it, the read fails (it bounds the memory a call holds)."""
+        with self._lock:
+            self._bytes_left -= size
+            if self._bytes_left < 0:
+                raise ReadFailed(self._too_large())
+
+    def _too_large(self) -> str:
+        return f"the answers are larger than the {self.max_bytes} bytes a call may read"
 
     def read(self, relative: str) -> tuple[Any, int]:
         """A read, or a search with every page (searches ask for large pages), as the prefetch value would have been.
@@ -292,6 +474,30 @@ class FhirFetcher:
         return list(entries)
 
 
+def _read_all(fetcher: FhirFetcher, queries: Mapping[str, str], workers: int) -> dict[str, tuple[Any, str | None]]:
+    """Each query read in parallel: ``(value, None)`` or ``(None, why it failed)`` by name, by the fetcher's deadline.
+
+    Waiting stops at the deadline (what has not arrived "timed out") or at the first failure (the rest is
+    abandoned: the answer is a 412 anyway). Threads still working are left to end on their own; the caller shuts
+    their connections with :meth:`FhirFetcher.close`, so none stays blocked.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(queries))), thread_name_prefix="prefetch")
+    try:
+        futures: dict[Future[Any], str] = {pool.submit(_try, fetcher.read, query): name for name, query in queries.items()}
+        results: dict[str, tuple[Any, str | None]] = {}
+        try:
+            for future in as_completed(futures, timeout=max(0.0, fetcher.remaining())):
+                results[futures[future]] = future.result()
+                if results[futures[future]][1] is not None:
+                    break
+        except TimeoutError:
+            pass
+        left = "timed out" if fetcher.remaining() <= 0 else "abandoned after another query failed"
+        return {name: results.get(name, (None, left)) for name in queries}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: Any, started: float,
            session: requests.Session | None = None, drafts: list[Any] | None = None) -> tuple[list[Any], PrefetchReport]:
     """The data for a call: prefetch as sent, completed from fhirServer; 412 when something needed is missing.
@@ -299,6 +505,7 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: A
     A supplied value that is an error outcome, holds one, or is only a first page counts as missing: it is read
     whole from fhirServer with its template. ``drafts`` (the hook's draft orders) are not returned, but a
     Medication they reference is fetched too. A 412 names each key and its query template, never a rendered URL.
+    Reading from fhirServer ends by ``started + request_budget`` whatever the server does.
     """
     drafts = drafts or []
     report = PrefetchReport()
@@ -336,36 +543,56 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: A
             raise PreconditionFailed("orders reference medications that were not sent, and there is no fhirServer to read them from",
                                      details=sorted(unresolved))
         return data, report
-    token = (request.get("fhirAuthorization") or {}).get("access_token")
-    fetcher = FhirFetcher(server, token, started + settings.request_budget, settings.max_pages, session)
-    if missing:
-        with ThreadPoolExecutor(max_workers=min(settings.fetch_workers, len(missing))) as pool:
-            results = dict(zip(missing, pool.map(lambda url: _try(fetcher.read, url), missing.values())))
-        problems = [f"{key} ({query_label(templates[key])}): {problem}" for key, (_, problem) in sorted(results.items())
-                    if problem is not None]
-        if problems:
-            raise PreconditionFailed("prefetch data could not be read completely from the FHIR server", details=problems)
-        for key, ((value, pages), _) in results.items():
-            data.append(value)
-            report.fetched.append(key)
-            report.pages += pages
-    references = _unresolved_medications(data + drafts)
-    if references:
-        ordered = sorted(references)
-        found = [_try(fetcher.read, ref) for ref in ordered]
-        problems = [f"{ref}: {problem}" for ref, (_, problem) in zip(ordered, found) if problem is not None]
-        if problems:
-            raise PreconditionFailed("medications referenced by orders could not be read completely", details=problems)
-        data.extend(value for (value, _), _ in found)
-        report.medications_fetched = len(found)
+    authorization = request.get("fhirAuthorization")
+    token = authorization.get("access_token") if isinstance(authorization, Mapping) else None
+    fetcher = FhirFetcher(server, token, started + settings.request_budget, settings.max_pages, session,
+                          max_bytes=settings.max_body_bytes)
+    try:
+        _read_missing(fetcher, missing, templates, settings.fetch_workers, data, report)
+        _read_medications(fetcher, data + drafts, settings.fetch_workers, data, report)
+    finally:
+        fetcher.close()
     return data, report
+
+
+def _read_missing(fetcher: FhirFetcher, missing: Mapping[str, str], templates: Mapping[str, str], workers: int,
+                  data: list[Any], report: PrefetchReport) -> None:
+    """Read the missing prefetch keys into ``data``; 412 naming every key that could not be read whole."""
+    if not missing:
+        return
+    results = _read_all(fetcher, missing, workers)
+    problems = [f"{key} ({query_label(templates[key])}): {problem}" for key, (_, problem) in sorted(results.items())
+                if problem is not None]
+    if problems:
+        raise PreconditionFailed("prefetch data could not be read completely from the FHIR server", details=problems)
+    for key, ((value, pages), _) in results.items():
+        data.append(value)
+        report.fetched.append(key)
+        report.pages += pages
+
+
+def _read_medications(fetcher: FhirFetcher, known: list[Any], workers: int, data: list[Any], report: PrefetchReport) -> None:
+    """Read the Medications that orders reference and nobody sent into ``data``; 412 naming those that could not be."""
+    references = sorted(_unresolved_medications(known))
+    if not references:
+        return
+    if any(not FHIR_ID.fullmatch(ref.partition("/")[2]) for ref in references):
+        raise PreconditionFailed("medications referenced by orders could not be read completely",
+                                 details=["a Medication reference whose id is not a FHIR id cannot be read"])
+    results = _read_all(fetcher, {ref: ref for ref in references}, workers)
+    problems = [f"{ref}: {problem}" for ref, (_, problem) in sorted(results.items()) if problem is not None]
+    if problems:
+        raise PreconditionFailed("medications referenced by orders could not be read completely", details=problems)
+    data.extend(value for (value, _), _ in results.values())
+    report.medications_fetched = len(results)
 
 
 def _try(fn: Any, *args: Any) -> tuple[Any, str | None]:
     """``fn(*args)`` and None, or None and why it failed (a phrase safe to send: no URL, token or data)."""
     try:
         return fn(*args), None
-    except (ReadFailed, requests.RequestException, OSError, ValueError) as exc:
+    except (ReadFailed, requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError,
+            ValueError) as exc:
         return None, _reason(exc)
 
 
@@ -373,13 +600,15 @@ def _reason(exc: Exception) -> str:
     """A failed request in a few words; exception messages of other libraries can quote the URL, so none is used."""
     if isinstance(exc, ReadFailed):
         return str(exc)
-    if isinstance(exc, (requests.Timeout, TimeoutError)):
+    if isinstance(exc, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
         return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed"
     if isinstance(exc, PermissionError):
         return "refused a link to another server"
-    if isinstance(exc, requests.JSONDecodeError) or (isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException)):
+    if isinstance(exc, JsonShapeError):
+        return "answer nested too deeply or holding a number beyond 64 bits"
+    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)):
+        return "connection failed"
+    if isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException):
         return "answer was not FHIR JSON"
     return f"request failed ({type(exc).__name__})"
 

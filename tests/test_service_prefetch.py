@@ -428,6 +428,44 @@ def test_values_that_are_not_the_whole_answer_count_as_failed(value, is_failure)
     assert failed(value) is is_failure
 
 
+# -- how much is read: max_body_bytes for all the answers of a call -------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["declared length", "no length"])
+def test_an_answer_larger_than_max_body_bytes_gives_412(app, tmp_path_factory, httpserver, framing):
+    """What may be read for a call is what a client may send as prefetch: ``max_body_bytes``, with or without a length."""
+    patient = spasm_patient()
+    padding = {"resourceType": "Condition", "id": "long", "subject": patient.ref, "code": {"text": "x" * 5000}}
+    text = json.dumps(searchset([*(r for r in patient.resources if r["resourceType"] == "Condition"), padding]))
+    pieces = [text] if framing == "declared length" else (text[i:i + 512] for i in range(0, len(text), 512))
+    httpserver.expect_request("/fhir/Condition").respond_with_response(Response(pieces, content_type="application/fhir+json"))
+    small = make_app(tmp_path_factory.mktemp("prefetch-small"), max_body_bytes=4096).test_client()
+    body = body_without(app, patient, key_of(app, "Condition"), server=httpserver)
+    assert "4096 bytes" in assert_412(call(small, "patient-view", body))
+
+
+def test_the_byte_limit_holds_for_all_the_answers_of_a_call_together(app, tmp_path_factory, httpserver):
+    patient = spasm_patient()
+    FhirStub(patient.resources).mount(httpserver)
+    body = hook_body(app, "patient-view", patient, prefetch=False, fhir_server=httpserver.url_for("/fhir"))
+    roomy = make_app(tmp_path_factory.mktemp("prefetch-roomy"), max_body_bytes=8192).test_client()
+    assert topics(cards_of(roomy, "patient-view", body)) == ["cyclobenzaprine", "phase-plan"]
+    sizes = [len(response.get_data()) for _, response in httpserver.log]
+    assert max(sizes) < 1024 < sum(sizes), sizes
+    tight = make_app(tmp_path_factory.mktemp("prefetch-tight-bytes"), max_body_bytes=1024).test_client()
+    assert "1024 bytes" in assert_412(call(tight, "patient-view", body))
+
+
+def test_a_medication_reference_that_is_not_a_fhir_id_is_not_read(app, client, httpserver):
+    patient = Patient(45)
+    patient.spasm(days_ago=26)
+    order = patient.medication(CYCLOBENZAPRINE_5, started_days_ago=25, shape="reference")
+    order["medicationReference"] = {"reference": "Medication/x?_format=xml"}
+    body = hook_body(app, "patient-view", patient, fhir_server=httpserver.url_for("/fhir"))
+    assert "not a FHIR id" in assert_412(call(client, "patient-view", body))
+    assert not [r.path for r, _ in httpserver.log if r.path.startswith("/fhir/Medication/")], "the reference is not read"
+
+
 # -- rendering templates -----------------------------------------------------------------------------------
 
 
