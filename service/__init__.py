@@ -50,6 +50,18 @@ def _page_url(settings: Settings) -> Callable[[str], str]:
     return page_url
 
 
+#: Browser origins a development server answers: the public CDS Hooks Sandbox, and a sandbox run on this machine.
+SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"
+LOOPBACK_ORIGIN = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?$"
+
+
+def cors_origins(settings: Settings) -> list[str]:
+    """The origins whose pages may call the services: the configured ones, and in development the sandbox's and
+    loopback ones. Never any origin by default: a page on another site must not probe the network through us."""
+    own = [SANDBOX_ORIGIN, LOOPBACK_ORIGIN] if settings.mode == "development" else []
+    return own + list(settings.cors_origins)
+
+
 DEVELOPMENT_CLIENTS = Path(__file__).resolve().parent / "trust" / "development-clients.json"
 
 
@@ -79,7 +91,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     state = ServiceState(settings=settings, engine=engine, services=build_services(engine, settings.prefetch_url_limit),
                          store=store, clock=clock, http=http, page_url=_page_url(settings), auth=auth)
     app.extensions["back_spasm_cds"] = state
-    CORS(app, resources={r"/cds-services*": {"origins": settings.cors_origins}}, allow_headers=["Authorization", "Content-Type"],
+    CORS(app, resources={r"/cds-services*": {"origins": cors_origins(settings)}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)
     from service import fhir_api, health, hooks
 

@@ -35,7 +35,7 @@ class Settings:
     max_pages: int = 10                       #: searchset pages followed per query
     prefetch_url_limit: int = 2048            #: longest prefetch template; longer code lists are dropped from it
     fetch_workers: int = 4                    #: parallel FHIR requests when prefetch is missing
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])  #: browser origins allowed (CORS)
+    cors_origins: list[str] = field(default_factory=list)  #: browser origins allowed (CORS) besides the mode's own
     public_base_url: str | None = None        #: external base URL when behind a proxy (for links and JWT aud)
     mode: str = "development"                 #: development (sandbox issuer trusted, unauthenticated calls allowed) or production
     trusted_clients: str | None = None        #: JSON file of trusted CDS clients (required in production)

@@ -20,7 +20,7 @@ from protocol.content import TYPE_ORDER
 from protocol.engine import ApplyError
 from protocol.output import bundle_r5, careplan_r4
 from service.errors import BadRequest, NotFound, ServiceError
-from service.hook_request import parse_body
+from service.hook_request import read_json_body
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 FHIR_JSON = "application/fhir+json"
@@ -144,10 +144,9 @@ def _matches(resource: dict[str, Any], name: str, values: list[str]) -> bool:
 def _parameters() -> dict[str, list[Any]]:
     """The Parameters body of an operation call: each parameter's values by name (a resource, a value[x], or a dict
     of its parts). A body that is not a Parameters, or a parameter without a name, is a 400 naming it."""
-    raw = request.get_data(cache=False)
-    if not raw:
+    if not request.content_length and not request.headers.get("Transfer-Encoding"):
         return {}
-    body = parse_body(raw)
+    body = read_json_body(request)
     if body.get("resourceType") != "Parameters":
         raise BadRequest("the body of an operation must be a Parameters resource")
     entries = body.get("parameter") or []

@@ -1,6 +1,6 @@
 """Reading a CDS Hooks request: parse, check what the hook requires, and normalise what clients get wrong.
 
-A request that cannot be used gets a 400 (415 when the body is not JSON) naming every problem found.
+A request that cannot be used gets a 400 naming every problem found (415 when it is not sent as JSON).
 Unknown fields are ignored. Draft orders built by clients are normalised rather than rejected: an element
 that FHIR R4 defines as a list but arrives as a single object (the CDS Hooks Sandbox sends
 ``MedicationRequest.category`` and ``reasonCode`` that way) is wrapped in a list, and a ``draftOrders``
@@ -27,6 +27,8 @@ HOOK_CONTEXT: dict[str, dict[str, type]] = {
     "order-sign": {"userId": str, "patientId": str, "draftOrders": dict},
 }
 OPTIONAL_CONTEXT: dict[str, type] = {"encounterId": str}
+#: Media types of a JSON request body (CDS Hooks sends application/json; FHIR operations may say fhir+json).
+JSON_TYPES = ("application/json", "application/fhir+json")
 #: Context fields that name a resource by its FHIR id; prefetch queries are built from them.
 ID_CONTEXT = ("patientId", "encounterId")
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -34,16 +36,24 @@ FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 JSON_LIMITS = {"depth limit exceeded": "nested too deeply", "number is infinity when parsed as double": "a number is beyond the 64-bit range"}
 
 
+def read_json_body(request: Any) -> dict[str, Any]:
+    """The JSON object a request carries: 415 unless its Content-Type is JSON (a ``text/plain`` POST is what a web
+    page can send without a CORS preflight), then as ``parse_body``."""
+    if request.mimetype not in JSON_TYPES:
+        raise UnsupportedMediaType(f"the request body must be sent as application/json (got {request.mimetype or 'no Content-Type'})")
+    return parse_body(request.get_data(cache=False))
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a request body: 415 if it is not JSON, 400 if it is not an object, is nested too deeply
-    or holds a number that is not finite or beyond 64 bits (orjson would read a longer integer as a float)."""
+    """The JSON object of a request body: 400 if it is not JSON or not an object, is nested too deeply or holds a
+    number that is not finite or beyond 64 bits (orjson would read a longer integer as a float)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if exc.msg in JSON_LIMITS or raw[exc.pos:exc.pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity")):
             limit = JSON_LIMITS.get(exc.msg, "NaN and Infinity are not JSON numbers")
             raise BadRequest(f"the request body cannot be accepted: {limit} (at position {exc.pos})") from None
-        raise UnsupportedMediaType(f"the request body is not JSON ({exc.msg} at position {exc.pos})") from None
+        raise BadRequest(f"the request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     try:

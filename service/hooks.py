@@ -13,7 +13,7 @@ from service.cards import CardBuilder, response
 from protocol.engine import ApplyError
 from service.errors import BadRequest, NotFound
 from service.feedback import parse_feedback
-from service.hook_request import check_hook_request, normalise_request, parse_body
+from service.hook_request import check_hook_request, normalise_request, read_json_body
 from service.prefetch import gather
 
 bp = Blueprint("cds", __name__)
@@ -62,7 +62,7 @@ def call_service(service_id: str) -> Response:
     state = _state()
     started = time.monotonic()
     service = _service(service_id)
-    body = parse_body(request.get_data(cache=False))
+    body = read_json_body(request)
     check_hook_request(body, service.hook)
     body = normalise_request(body)
     g.hook, g.hook_instance = body["hook"], body["hookInstance"]
@@ -98,6 +98,6 @@ def call_service(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     """Feedback on cards: stored durably, answered 200."""
     service = _service(service_id)
-    items = parse_feedback(parse_body(request.get_data(cache=False)))
+    items = parse_feedback(read_json_body(request))
     stored = _state().store.record_feedback(service.id, items)
     return jsonify({"received": len(items), "stored": stored})

@@ -1,8 +1,8 @@
 """Bad input gets a clear JSON answer: an OperationOutcome whose diagnostics name every problem, never a 5xx.
 
 The statuses follow CDS Hooks and HTTP: 404 for an unknown service, 405 for a wrong method, 413 for a body
-over the configured limit, 415 for a body that is not JSON, 400 for a request that is JSON but not a usable
-hook request. Fields the service does not know are ignored.
+over the configured limit, 415 for a body not sent as JSON, 400 for a body that is not valid JSON or not a
+usable hook request. Fields the service does not know are ignored.
 """
 
 from __future__ import annotations
@@ -97,9 +97,26 @@ def test_wrong_method_on_discovery_is_405_json(client, method):
 @pytest.mark.parametrize("raw", [b"this is not json", b"{\"hook\": \"patient-view\",", b"", b"\x00\x01\x02", b"{'hook': 'patient-view'}",
                                  b"\xff\xfe{}"])
 @pytest.mark.parametrize("suffix", ["", "/feedback"])
-def test_body_not_json_is_415(client, raw, suffix):
+def test_a_body_sent_as_json_that_is_not_json_is_400(client, raw, suffix):
     answer = client.post(f"/cds-services/{PATIENT_VIEW}{suffix}", data=raw, content_type="application/json")
-    assert "JSON" in bad(answer, 415)
+    assert "not valid JSON" in bad(answer, 400)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None])
+@pytest.mark.parametrize("path", [f"/cds-services/{PATIENT_VIEW}", f"/cds-services/{PATIENT_VIEW}/feedback",
+                                  "/fhir/PlanDefinition/back-spasm-treatment-pathway/$apply"])
+def test_a_body_not_sent_as_json_is_415_even_when_it_is_json(app, client, content_type, path):
+    """A web page can POST text/plain (or a form) to any origin without a CORS preflight: such a body is refused."""
+    body = json.dumps(valid(app, "patient-view")).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.post(path, data=body, headers=headers)
+    assert "application/json" in bad(answer, 415)
+
+
+def test_fhir_json_and_a_charset_are_json(app, client):
+    body = json.dumps(valid(app, "patient-view")).encode()
+    for content_type in ("application/fhir+json", "application/json; charset=utf-8"):
+        assert client.post(f"/cds-services/{PATIENT_VIEW}", data=body, headers={"Content-Type": content_type}).status_code == 200
 
 
 def _nested(depth: int) -> str:
