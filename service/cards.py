@@ -14,10 +14,16 @@ from the applied actions and the artifacts they came from.
 - Every suggestion has a ``uuid``; the one whose action the content marks ``precheckBehavior: yes`` (preselected)
   has ``isRecommended: true``.
 - overrideReasons come from the ValueSet the action names in its ``cds-override-reasons`` extension.
+
+Action titles and descriptions are plain text, and may hold text from the patient's record (a drug's name as the
+EHR wrote it). They are made safe where they go: into the markdown ``detail`` with HTML's ``& < >`` as entities and
+markdown's punctuation escaped, on one line; into ``summary`` and suggestion labels (plain text) on one line,
+without ``<`` or ``>``. So a record cannot add a heading, a link, an image or HTML to a card.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +43,23 @@ EXT_DIRECTION = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-directionOfR
 EXT_RATIONALE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-rationale"
 OVERRIDE_SUFFIX = "/StructureDefinition/cds-override-reasons"
 ACTION_TYPES = {"create": "create", "update": "update", "remove": "delete"}
+#: Markdown's punctuation that can start emphasis, code, links, images, headings, tables or strikethrough.
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]#|~])")
+#: What makes the start of a line a list item or a thematic break.
+LINE_START_MARKER = re.compile(r"^(\d{1,9}(?=[.)])|(?=[-+=]))")
+
+
+def markdown_text(text: Any) -> str:
+    """Plain text as markdown that shows it literally: one line, ``& < >`` as entities, punctuation escaped."""
+    line = " ".join(str(text).split())
+    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    line = MARKDOWN_PUNCTUATION.sub(r"\\\1", line)
+    return LINE_START_MARKER.sub(r"\1\\", line)
+
+
+def plain_line(text: Any) -> str:
+    """Plain text for fields shown as text (summary, labels): one line, no control characters, no ``<`` or ``>``."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text) if c not in "<>").split())
 
 
 @dataclass
@@ -94,10 +117,10 @@ def evidence_line(action: AppliedAction) -> str | None:
 
 
 def _bullet(action: AppliedAction, depth: int) -> list[str]:
-    title = action.fields.get("title", "")
+    title = markdown_text(action.fields.get("title", ""))
     description = action.fields.get("description")
     indent = "  " * depth
-    line = f"{indent}- **{title.rstrip('.')}.**" + (f" {description}" if description else "")
+    line = f"{indent}- **{title.rstrip('.')}.**" + (f" {markdown_text(description)}" if description else "")
     lines = [line]
     evidence = evidence_line(action)
     if evidence:
@@ -159,16 +182,16 @@ class CardBuilder:
     def detail(self, action: AppliedAction) -> str:
         parts = []
         if action.fields.get("description"):
-            parts.append(action.fields["description"])
+            parts.append(markdown_text(action.fields["description"]))
         evidence = evidence_line(action)
         if evidence:
             parts.append(evidence)
         content = [child for child in action.children if self._is_plan(action) or not self._is_suggestion(child)]
         for child in content:
             if child.children and not child.resource:
-                heading = f"**{child.fields.get('title', '')}**"
+                heading = f"**{markdown_text(child.fields.get('title', ''))}**"
                 if child.fields.get("description"):
-                    heading += f"  \n{child.fields['description']}"
+                    heading += f"  \n{markdown_text(child.fields['description'])}"
                 parts.append(heading)
                 parts.append("\n".join(line for grandchild in child.children for line in _bullet(grandchild, 0)))
             else:
@@ -241,7 +264,7 @@ class CardBuilder:
     def _suggestion(self, source: AppliedAction, label: str, actions: list[Json]) -> Json:
         """A suggestion with its own uuid (for feedback); the action the protocol marks as preselected
         (``precheckBehavior`` yes) is the recommended one."""
-        suggestion: Json = {"label": label, "uuid": self.new_id(), "actions": actions}
+        suggestion: Json = {"label": plain_line(label), "uuid": self.new_id(), "actions": actions}
         if source.fields.get("precheckBehavior") == "yes":
             suggestion["isRecommended"] = True
         return suggestion
@@ -249,7 +272,7 @@ class CardBuilder:
     @staticmethod
     def _action(action: AppliedAction) -> Json | None:
         kind = ACTION_TYPES[_type(action)]
-        description = action.fields.get("title", "")
+        description = plain_line(action.fields.get("title", ""))
         if kind == "delete":
             reference = (action.fields.get("resource") or {}).get("reference")
             return {"type": "delete", "description": description, "resourceId": reference} if reference else None
@@ -262,8 +285,8 @@ class CardBuilder:
 
 
 def _summary(title: str) -> str:
-    """A summary under the CDS Hooks limit (cut on a word with an ellipsis if ever too long)."""
-    title = " ".join(title.split())
+    """A one-line summary under the CDS Hooks limit (cut on a word with an ellipsis if ever too long)."""
+    title = plain_line(title)
     if len(title) < SUMMARY_LIMIT:
         return title
     cut = title[: SUMMARY_LIMIT - 2].rsplit(" ", 1)[0]
