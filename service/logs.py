@@ -34,8 +34,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, separators=(",", ":"), default=str)
 
 
+#: Libraries whose log records can quote a request URL, which holds the patient's id: kept quiet.
+QUIET_LIBRARIES = ("urllib3", "requests")
+
+
 def configure(level: str) -> None:
-    """Send the service's loggers to standard error as JSON lines."""
+    """Send the service's loggers to standard error as JSON lines; keep the HTTP client libraries' URLs out of logs."""
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     root = logging.getLogger("back_spasm_cds")
     root.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):

@@ -563,3 +563,32 @@ def test_the_token_goes_to_the_fhir_server_only(run, case):
 def test_no_thread_is_left_blocked_on_a_server(run):
     """Once every call is answered, nothing the service started still waits on a server that never ends."""
     assert run.threads_left == []
+
+
+def test_http_client_libraries_never_log_the_url_with_the_patient_id(tmp_path):
+    """urllib3 quotes the request URL (``patient=<id>``) when a server sends malformed headers; nothing of it is logged."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    root = logging.getLogger()
+    handler, level = Keep(logging.DEBUG), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        app = make_app(tmp_path, request_budget=1.5)
+        server = LoopbackServer(lambda x: x.conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n: no name\r\nCo\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"), {})
+        patient = record()
+        try:
+            call(app.test_client(), "patient-view", request_for(app, "condition", patient, server.url))
+        finally:
+            server.stop()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert not [m for m in seen if patient.id in m or "patient=" in m]
