@@ -31,6 +31,7 @@ import jwt
 import requests
 
 from service.errors import Unauthorized
+from service.urls import BadBaseUrl, fhir_base
 
 log = logging.getLogger("back_spasm_cds.auth")
 
@@ -306,8 +307,12 @@ def _same_url(candidate: str, expected: str) -> bool:
 
 
 def _under(server: str, base: str) -> bool:
-    """True if server is the base URL or below it; a base with no port and no path stands for its whole host."""
-    wanted, allowed = urlsplit(normalise_url(server)), urlsplit(normalise_url(base))
+    """True if server is the base URL or below it, both in their normal form (dot segments resolved, so a path
+    cannot climb out of the base); a base with no port and no path stands for its whole host."""
+    try:
+        wanted, allowed = urlsplit(fhir_base(server)), urlsplit(fhir_base(base))
+    except BadBaseUrl:
+        return False
     if (wanted.scheme, wanted.hostname) != (allowed.scheme, allowed.hostname):
         return False
     if allowed.port is None and not allowed.path:

@@ -19,6 +19,7 @@ import orjson
 from protocol.jsondata import JsonShapeError, check_shape
 from protocol.paths import element_info
 from service.errors import BadRequest, UnsupportedMediaType
+from service.urls import BadBaseUrl, fhir_base
 
 #: Context fields each hook requires (CDS Hooks library, STU1 1.0.1), and their JSON types.
 HOOK_CONTEXT: dict[str, dict[str, type]] = {
@@ -31,7 +32,7 @@ OPTIONAL_CONTEXT: dict[str, type] = {"encounterId": str}
 JSON_TYPES = ("application/json", "application/fhir+json")
 #: Context fields that name a resource by its FHIR id; prefetch queries are built from them.
 ID_CONTEXT = ("patientId", "encounterId")
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+FHIR_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9\-.]{1,64}")
 #: JSON that parses but is beyond what is accepted (orjson's messages), with what to tell the client.
 JSON_LIMITS = {"depth limit exceeded": "nested too deeply", "number is infinity when parsed as double": "a number is beyond the 64-bit range"}
 
@@ -96,8 +97,10 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
             elif not isinstance(orders.get("entry", []), list):
                 problems.append("context.draftOrders.entry must be an array")
     server = body.get("fhirServer")
-    if server is not None and not _is_url(server):
-        problems.append("fhirServer must be an http(s) URL")
+    if server is not None:
+        problem = _base_url_problem(server)
+        if problem:
+            problems.append(problem)
     authorization = body.get("fhirAuthorization")
     if authorization is not None:
         if not isinstance(authorization, Mapping):
@@ -120,11 +123,15 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
         raise BadRequest(f"invalid {hook} request", details=problems)
 
 
-def _is_url(value: Any) -> bool:
+def _base_url_problem(value: Any) -> str | None:
+    """Why a fhirServer cannot be used as a FHIR base URL, or None."""
     if not isinstance(value, str):
-        return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+        return "fhirServer must be an http(s) URL"
+    try:
+        fhir_base(value)
+    except BadBaseUrl as exc:
+        return str(exc)
+    return None
 
 
 def normalise_resource(value: Any, model: str | None = None) -> Any:

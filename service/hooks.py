@@ -15,6 +15,7 @@ from service.errors import BadRequest, NotFound
 from service.feedback import parse_feedback
 from service.hook_request import check_hook_request, normalise_request, read_json_body
 from service.prefetch import gather
+from service.urls import fhir_base
 
 bp = Blueprint("cds", __name__)
 
@@ -37,10 +38,13 @@ def authenticate() -> None:
 def _fhir_server(body: dict[str, Any]) -> dict[str, Any]:
     """The request as the service may act on it: a fhirServer the client may not name is dropped with its token."""
     server = body.get("fhirServer")
-    if server and not _state().auth.fhir_server_allowed(g.get("client"), server):
+    if not server:
+        return body
+    server = fhir_base(server)
+    if not _state().auth.fhir_server_allowed(g.get("client"), server):
         g.fhir_server_refused = True
         return {k: v for k, v in body.items() if k not in ("fhirServer", "fhirAuthorization")}
-    return body
+    return dict(body, fhirServer=server)
 
 
 def _service(service_id: str) -> Any:

@@ -45,6 +45,7 @@ from protocol.engine import CompiledPlan, Engine
 from protocol.jsondata import JsonShapeError, check_shape
 from service.errors import PreconditionFailed
 from service.hook_request import FHIR_ID
+from service.urls import below, fhir_base
 
 PATIENT_TOKEN = "{{context.patientId}}"
 #: FHIR search parameter for a data requirement's code path, where it is not the path itself.
@@ -358,8 +359,7 @@ class FhirFetcher:
         self._sockets = _Sockets()
         self._lock = threading.Lock()
         self._bytes_left = max_bytes
-        origin = urlsplit(self.base)
-        self._origin = (origin.scheme, origin.netloc)
+        self._base = fhir_base(self.base)
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it has passed)."""
@@ -373,20 +373,17 @@ class FhirFetcher:
     def _stopped(self) -> bool:
         return self.remaining() <= 0 or self._sockets.shut_down
 
-    def _same_origin(self, url: str) -> bool:
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return False
-        return (parts.scheme, parts.netloc) == self._origin
+    def _within_base(self, url: str) -> bool:
+        """Whether a URL to read is the base or below it (a next link may not leave the FHIR server's base path)."""
+        return below(url, self._base)
 
     def _get(self, url: str) -> dict[str, Any]:
         """One GET on the FHIR server: a FHIR resource that is not an OperationOutcome, or an exception."""
         remaining = self.remaining()
         if remaining <= 0.05 or self._sockets.shut_down:
             raise TimeoutError("time budget spent")
-        if not self._same_origin(url):
-            raise PermissionError("link to another server")
+        if not self._within_base(url):
+            raise PermissionError("link outside the FHIR server's base")
         headers = {**self.session.headers, "Accept": "application/fhir+json, application/json"}
         if isinstance(self.token, str) and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -603,7 +600,7 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
         return "timed out"
     if isinstance(exc, PermissionError):
-        return "refused a link to another server"
+        return "refused a link outside the FHIR server's base URL"
     if isinstance(exc, JsonShapeError):
         return "answer nested too deeply or holding a number beyond 64 bits"
     if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)):

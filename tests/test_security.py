@@ -338,6 +338,51 @@ def test_the_allowed_fhir_server_gets_the_token_and_only_it(engine, tmp_path, cl
     assert len(httpserver.log) == len(app.extensions["back_spasm_cds"].services[SERVICE].prefetch) - 2
 
 
+@pytest.mark.parametrize("trick", ["/fhir/../admin", "/fhir/%2e%2e/admin", "/fhir/./../admin/", "/fhir/..%2Fadmin", "/fhirx"])
+def test_a_fhir_server_path_cannot_climb_out_of_the_allow_list(engine, tmp_path, clients_file, keys, patient, httpserver, trick):
+    """(Development mode with a JWT, as the loopback test server speaks plain http.) The allow-list names .../fhir."""
+    app, recorder = make_app(engine, tmp_path, clients_file, mode="development", allow_unauthenticated=False)
+    base = httpserver.url_for("")
+    body = hook_body(patient, server=base.rstrip("/") + trick, token_value="ehr-access-token")
+    answer = _post(app, body, "Bearer " + token(keys))
+    assert answer.status_code in (400, 412)
+    assert not [r for r in httpserver.log if not r[0].path.startswith("/fhir/")], "nothing outside the allowed base is read"
+    assert all(r[0].headers.get("Authorization") is None or r[0].path.startswith("/fhir/") for r in httpserver.log)
+    assert recorder.calls == 0
+
+
+@pytest.mark.parametrize("suffix, problem", [("?x=1", "without a query"), ("#frag", "without a fragment")])
+def test_a_fhir_server_with_a_query_or_fragment_is_400(engine, tmp_path, clients_file, keys, patient, httpserver, suffix, problem):
+    app, recorder = make_app(engine, tmp_path, clients_file, mode="development", allow_unauthenticated=False)
+    body = hook_body(patient, server=httpserver.url_for("/fhir") + suffix, token_value="ehr-access-token")
+    answer = _post(app, body, "Bearer " + token(keys))
+    assert answer.status_code == 400 and problem in json.dumps(answer.json)
+    assert httpserver.log == [] and recorder.calls == 0
+
+
+def test_a_fhir_server_with_user_information_is_400(engine, tmp_path, clients_file, keys, patient, httpserver):
+    app, _ = make_app(engine, tmp_path, clients_file, mode="development", allow_unauthenticated=False)
+    server = httpserver.url_for("/fhir").replace("http://", "http://127.0.0.1@")
+    answer = _post(app, hook_body(patient, server=server, token_value="ehr-access-token"), "Bearer " + token(keys))
+    assert answer.status_code == 400 and "user information" in json.dumps(answer.json)
+    assert httpserver.log == []
+
+
+def test_a_next_link_outside_the_base_path_is_not_followed(engine, tmp_path, clients_file, keys, patient, httpserver):
+    app, recorder = make_app(engine, tmp_path, clients_file, mode="development", allow_unauthenticated=False)
+    body = hook_body(patient, server=httpserver.url_for("/fhir"), token_value="ehr-access-token")
+    outside = {"resourceType": "Bundle", "type": "searchset", "entry": [],
+               "link": [{"relation": "next", "url": httpserver.url_for("/admin/export?page=2")}]}
+    for key, template in app.extensions["back_spasm_cds"].services[SERVICE].prefetch.items():
+        if key not in body["prefetch"]:
+            httpserver.expect_request(f"/fhir/{template.split('?')[0]}").respond_with_json(outside)
+    httpserver.expect_request("/admin/export").respond_with_json({"resourceType": "Bundle", "type": "searchset"})
+    answer = _post(app, body, "Bearer " + token(keys))
+    assert answer.status_code == 412 and "outside the FHIR server's base" in json.dumps(answer.json)
+    assert not [r for r in httpserver.log if r[0].path.startswith("/admin")]
+    assert recorder.calls == 0
+
+
 def test_production_never_calls_a_plain_http_fhir_server(engine, tmp_path, keys, patient, httpserver):
     path = tmp_path / "clients.json"
     path.write_text(json.dumps({"clients": [{"iss": ISSUER, "jwks": {"keys": [_jwk(keys["ec"], "ec-1", "ES384")]},
