@@ -26,12 +26,18 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A running service: ``start()`` waits until it answers /healthz, ``stop()`` ends it (and every worker)."""
+    """A running service in its own process group: ``start()`` waits until it is ready with its workers up,
+    ``kill()`` ends it as a crash would, ``stop()`` gracefully. It can be started again on the same port and database.
+
+    Settings come from ``env`` only: the caller's own ``BACK_SPASM_CDS_*`` variables are not passed on.
+    """
 
     def __init__(self, database: Path, env: Mapping[str, str] | None = None, port: int | None = None):
         self.database = database
         self.port = port or free_port()
-        self.env = {**os.environ, "BACK_SPASM_CDS_DATABASE": str(database), "BACK_SPASM_CDS_LOG_LEVEL": "WARNING", **(env or {})}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BACK_SPASM_CDS_")}
+        self.env = {**clean, "PYTHONPATH": str(ROOT), "BACK_SPASM_CDS_DATABASE": str(database), "BACK_SPASM_CDS_LOG_LEVEL": "WARNING",
+                    **(env or {})}
         self.process: subprocess.Popen | None = None
         self.log = database.with_suffix(".log")
 
@@ -39,42 +45,46 @@ class LiveServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "LiveServer":
+    def start(self, timeout: float = 60.0) -> "LiveServer":
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                                             cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"the service exited with {self.process.returncode}: {self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as answer:
-                    if answer.status == 200:
+                with urllib.request.urlopen(f"{self.base}/readyz", timeout=2) as answer:
+                    if answer.status == 200 and self.workers():
                         return self
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the service did not answer within {timeout} s: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"the service was not ready within {timeout} s: {self.log.read_text()[-3000:]}")
 
-    def worker_pids(self) -> list[int]:
-        """The gunicorn worker processes (children of the master)."""
+    def workers(self) -> list[int]:
+        """Pids of the gunicorn workers (the master's children)."""
         if self.process is None:
             return []
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(p) for p in children.read_text().split()] if children.exists() else []
-
-    def kill(self) -> None:
-        """kill -9 of the master and every worker, as a crash would."""
-        if self.process is None:
-            return
-        pids = [self.process.pid, *self.worker_pids()]
-        for pid in pids:
+        found = []
+        for entry in Path("/proc").iterdir():
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.process.wait(timeout=10)
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    def kill(self) -> list[int]:
+        """SIGKILL to the master and every worker at once, as a crash would; the pids killed."""
+        if self.process is None:
+            return []
+        pids = [self.process.pid, *self.workers()]
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
         self.process = None
+        return pids
 
     def stop(self) -> None:
         """Stop gracefully, then by force."""
@@ -83,11 +93,10 @@ class LiveServer:
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None
 

@@ -12,12 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +24,7 @@ import service.feedback
 from service import state_of
 from service.auth import ReplayCache
 from service.feedback import StorageUnavailable
+from tests.live_server import LiveServer
 from tests.patients import Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
 
@@ -156,66 +152,6 @@ def test_each_token_id_is_accepted_exactly_once_across_processes(tmp_path):
 # -- kill -9 in the middle of concurrent writes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``back-spasm-cds serve`` in its own process group, on a given port and database."""
-
-    def __init__(self, port: int, database: Path, log: Path):
-        self.port, self.database, self.log = port, database, log
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BACK_SPASM_CDS_")}
-        env.update(BACK_SPASM_CDS_DATABASE=str(self.database), BACK_SPASM_CDS_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200 and len(self.workers()) >= 1:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"the service did not start: {self.log.read_text()[-3000:]}")
-
-    def workers(self) -> list[int]:
-        """Pids of the gunicorn workers (the master's children)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        return found
-
-    def kill(self) -> list[int]:
-        """SIGKILL to the master and every worker at once; the pids killed."""
-        pids = [self.process.pid, *self.workers()]
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        return pids
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-
 class Writer(threading.Thread):
     """One CDS client posting feedback on a keep-alive connection until told to stop; every post it got an answer to
     is recorded with its status, those without an answer (the server died under it) are only counted."""
@@ -268,7 +204,7 @@ def run_until(writers: list[Writer], seconds: float, least: int) -> None:
 
 def test_no_acknowledged_feedback_is_lost_when_the_service_is_killed_mid_write(tmp_path):
     database = tmp_path / "cds.sqlite"
-    server = Server(free_port(), database, tmp_path / "serve.log")
+    server = LiveServer(database)
     server.start()
     stop = threading.Event()
     writers: list[Writer] = []
