@@ -223,7 +223,8 @@ def start_server(port: int, folder: Path, clients: Path) -> subprocess.Popen:
     """``back-spasm-cds serve`` with its default gunicorn settings, production mode, its log in ``folder``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACK_SPASM_CDS_")}
     env.update(PYTHONPATH=str(ROOT), BACK_SPASM_CDS_DATABASE=str(folder / "soak.sqlite"), BACK_SPASM_CDS_TRUSTED_CLIENTS=str(clients),
-               BACK_SPASM_CDS_MODE="production", BACK_SPASM_CDS_ALLOW_UNAUTHENTICATED="false")
+               BACK_SPASM_CDS_MODE="production", BACK_SPASM_CDS_ALLOW_UNAUTHENTICATED="false",
+               BACK_SPASM_CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
     with open(folder / "serve.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                    cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)

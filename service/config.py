@@ -91,6 +91,9 @@ class Settings:
             raise ConfigError("mode must be development or production")
         if self.mode == "production" and not self.trusted_clients:
             raise ConfigError("production mode needs trusted_clients (the JSON file of the CDS clients to trust)")
+        if self.mode == "production" and not self.public_base_url:
+            raise ConfigError("production mode needs public_base_url (the service's external URL): tokens' aud and card links "
+                              "are checked and written against it, never against a request's Host header")
         try:
             time_zone(self.timezone)
         except (TypeError, ValueError) as exc:

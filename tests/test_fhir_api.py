@@ -260,7 +260,8 @@ def test_expand_from_the_stored_expansion(client, engine):
 def test_fhir_endpoints_need_a_token_in_production(engine, tmp_path):
     clients = tmp_path / "clients.json"
     clients.write_text(json.dumps({"clients": [{"iss": "https://ehr.example.org", "jku": ["https://ehr.example.org/jwks"]}]}))
-    settings = Settings.load(environ={}, overrides={"database": str(tmp_path / "c.sqlite"), "mode": "production", "trusted_clients": str(clients)})
+    settings = Settings.load(environ={}, overrides={"database": str(tmp_path / "c.sqlite"), "mode": "production", "trusted_clients": str(clients),
+                                                    "public_base_url": "https://cds.example.org"})
     app = create_app(settings, engine=engine, clock=lambda: CLOCK)
     assert app.test_client().get("/fhir/metadata").status_code == 401
     assert app.test_client().post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=parameters("Patient/1")).status_code == 401

@@ -450,6 +450,26 @@ def test_production_settings_need_trusted_clients():
         Settings.load(environ={}, overrides={"mode": "production"})
 
 
+def test_production_settings_need_a_public_base_url(tmp_path, clients_file):
+    from service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="public_base_url"):
+        Settings.load(environ={}, overrides={"mode": "production", "trusted_clients": str(clients_file)})
+
+
+def test_a_forged_host_header_moves_neither_aud_nor_the_card_links(engine, tmp_path, clients_file, keys, patient):
+    app, recorder = make_app(engine, tmp_path, clients_file)
+    forged = token(keys, aud=f"http://evil.example/cds-services/{SERVICE}")
+    answer = app.test_client().post(f"/cds-services/{SERVICE}", json=_complete(hook_body(patient), app),
+                                    headers={"Authorization": "Bearer " + forged, "Host": "evil.example"})
+    assert answer.status_code == 401 and recorder.calls == 0
+    answer = app.test_client().post(f"/cds-services/{SERVICE}", json=_complete(hook_body(patient), app),
+                                    headers={"Authorization": "Bearer " + token(keys), "Host": "evil.example"})
+    assert answer.status_code == 200
+    links = [card["source"]["url"] for card in answer.json["cards"]]
+    assert links and all(link.startswith(f"{BASE}/protocol") for link in links)
+
+
 # -- logs ------------------------------------------------------------------------------------------------------
 
 def test_logs_hold_no_patient_data_and_no_tokens(engine, tmp_path, clients_file, keys, httpserver):
