@@ -29,6 +29,8 @@ HOOK_CONTEXT: dict[str, dict[str, type]] = {
 OPTIONAL_CONTEXT: dict[str, type] = {"encounterId": str}
 #: Media types of a JSON request body (CDS Hooks sends application/json; FHIR operations may say fhir+json).
 JSON_TYPES = ("application/json", "application/fhir+json")
+#: The longest hookInstance or userId accepted: they are logged and stored, and a UUID or a reference is far shorter.
+MAX_ID_LENGTH = 256
 #: Context fields that name a resource by its FHIR id; prefetch queries are built from them.
 ID_CONTEXT = ("patientId", "encounterId")
 FHIR_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9\-.]{1,64}")
@@ -70,6 +72,8 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
         problems.append(f"hook must be '{hook}' for this service (got {body.get('hook')!r})")
     if not isinstance(body.get("hookInstance"), str) or not body.get("hookInstance"):
         problems.append("hookInstance is required (a string, the UUID of this invocation)")
+    elif len(body["hookInstance"]) > MAX_ID_LENGTH:
+        problems.append(f"hookInstance must be at most {MAX_ID_LENGTH} characters (a UUID is 36)")
     context = body.get("context")
     if not isinstance(context, Mapping):
         problems.append("context is required (an object)")
@@ -83,6 +87,8 @@ def check_hook_request(body: Mapping[str, Any], hook: str) -> None:
         for name, kind in OPTIONAL_CONTEXT.items():
             if name in context and not isinstance(context[name], kind):
                 problems.append(f"context.{name} must be a string")
+        if isinstance(context.get("userId"), str) and len(context["userId"]) > MAX_ID_LENGTH:
+            problems.append(f"context.userId must be at most {MAX_ID_LENGTH} characters")
         for name in ID_CONTEXT:
             value = context.get(name)
             if isinstance(value, str) and value and not FHIR_ID.fullmatch(value):

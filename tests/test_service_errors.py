@@ -266,6 +266,14 @@ def test_context_fields_of_the_wrong_type_are_400(app, client, field, value):
     assert field.split(".")[-1] in bad(call(client, "patient-view", put(valid(app, "patient-view"), field, value)))
 
 
+@pytest.mark.parametrize("hook", list(SERVICES))
+@pytest.mark.parametrize("field", ["hookInstance", "context.userId"])
+def test_an_overlong_hook_instance_or_user_is_400(app, client, hook, field):
+    """A megabytes-long hookInstance would be logged and stored with every card: over 256 characters is refused."""
+    for length in (257, 40_000):
+        assert "at most 256 characters" in bad(call(client, hook, put(valid(app, hook), field, "x" * length)))
+
+
 @pytest.mark.parametrize("value", [[1, 2], [None], [{"reference": "DeviceRequest/tens-1"}], "DeviceRequest/tens-1", {"a": 1}])
 def test_selections_must_be_an_array_of_strings(app, client, value):
     assert "selections" in bad(call(client, "order-select", put(valid(app, "order-select"), "context.selections", value)))
