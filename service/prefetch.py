@@ -24,6 +24,7 @@ thread stays blocked on a server that drips or hangs.
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import threading
 import time
@@ -46,6 +47,8 @@ from protocol.jsondata import JsonShapeError, check_shape
 from service.errors import PreconditionFailed
 from service.hook_request import FHIR_ID
 from service.urls import below, fhir_base
+
+log = logging.getLogger("back_spasm_cds.prefetch")
 
 PATIENT_TOKEN = "{{context.patientId}}"
 #: FHIR search parameter for a data requirement's code path, where it is not the path itself.
@@ -395,7 +398,7 @@ class FhirFetcher:
                                           cert=settings["cert"], proxies=settings["proxies"])
             try:
                 if response.status_code != 200:
-                    raise ReadFailed(f"HTTP {response.status_code}")
+                    raise Unanswered(f"HTTP {response.status_code}")
                 raw = self._body(response)
             finally:
                 response.close()
@@ -474,7 +477,7 @@ class FhirFetcher:
 def _read_all(fetcher: FhirFetcher, queries: Mapping[str, str], workers: int) -> dict[str, tuple[Any, str | None]]:
     """Each query read in parallel: ``(value, None)`` or ``(None, why it failed)`` by name, by the fetcher's deadline.
 
-    Waiting stops at the deadline (what has not arrived "timed out") or at the first failure (the rest is
+    Waiting stops at the deadline (what has not arrived has NO_ANSWER, logged as timed out) or at the first failure (the rest is
     abandoned: the answer is a 412 anyway). Threads still working are left to end on their own; the caller shuts
     their connections with :meth:`FhirFetcher.close`, so none stays blocked.
     """
@@ -489,7 +492,7 @@ def _read_all(fetcher: FhirFetcher, queries: Mapping[str, str], workers: int) ->
                     break
         except TimeoutError:
             pass
-        left = "timed out" if fetcher.remaining() <= 0 else "abandoned after another query failed"
+        left = _no_answer("timed out") if fetcher.remaining() <= 0 else "abandoned after another query failed"
         return {name: results.get(name, (None, left)) for name in queries}
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -593,21 +596,42 @@ def _try(fn: Any, *args: Any) -> tuple[Any, str | None]:
         return None, _reason(exc)
 
 
+#: What a 412 says of a query the FHIR server gave no usable answer to. One phrase for a timeout, a refused or
+#: reset connection, an HTTP error status and an answer that is not FHIR JSON, so that the answer cannot tell a
+#: closed port from an open one; the log says which it was.
+NO_ANSWER = "no usable answer from the FHIR server (it timed out, could not be reached or answered with an error; the service log says which)"
+
+
+class Unanswered(ReadFailed):
+    """A read that got no usable answer at the HTTP level (an error status); said as NO_ANSWER to the client."""
+
+
 def _reason(exc: Exception) -> str:
-    """A failed request in a few words; exception messages of other libraries can quote the URL, so none is used."""
+    """A failed request in a few words; exception messages of other libraries can quote the URL, so none is used.
+
+    Failures below FHIR (time, connection, HTTP status, not JSON) all read as NO_ANSWER and are logged by kind;
+    what the FHIR server said (an error outcome, too many pages, a link outside its base, too many bytes) is told.
+    """
+    if isinstance(exc, Unanswered):
+        return _no_answer(str(exc))
     if isinstance(exc, ReadFailed):
         return str(exc)
     if isinstance(exc, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
-        return "timed out"
+        return _no_answer("timed out")
     if isinstance(exc, PermissionError):
         return "refused a link outside the FHIR server's base URL"
     if isinstance(exc, JsonShapeError):
         return "answer nested too deeply or holding a number beyond 64 bits"
     if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)):
-        return "connection failed"
+        return _no_answer("connection failed")
     if isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException):
-        return "answer was not FHIR JSON"
-    return f"request failed ({type(exc).__name__})"
+        return _no_answer("answer was not FHIR JSON")
+    return _no_answer(f"request failed ({type(exc).__name__})")
+
+
+def _no_answer(kind: str) -> str:
+    log.warning("FHIR server read failed", extra={"fields": {"event": "fhir-read-failed", "reason": kind}})
+    return NO_ANSWER
 
 
 def _resources(data: Iterable[Any]) -> Iterable[dict[str, Any]]:

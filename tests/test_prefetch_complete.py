@@ -195,7 +195,20 @@ def test_a_failing_second_page_gives_412(app, client, httpserver, kind):
 def test_a_connection_error_gives_412(app, client):
     body = without_conditions(app, spasm_patient(), None)
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
-    assert "connection failed" in assert_412(call(client, "patient-view", body))
+    assert "no usable answer" in assert_412(call(client, "patient-view", body))
+
+
+def test_a_closed_port_and_an_open_one_read_the_same(app, client, httpserver):
+    """The 412 cannot be used to probe ports: a refused connection and an HTTP error answer give the same text."""
+    from tests.live_server import free_port
+
+    httpserver.expect_request("/fhir/Condition").respond_with_data("not here", status=404)
+    texts = []
+    for server in (f"http://127.0.0.1:{free_port()}/fhir", httpserver.url_for("/fhir")):
+        body = without_conditions(app, spasm_patient(), None)
+        body["fhirServer"] = server
+        texts.append(assert_412(call(client, "patient-view", body)))
+    assert texts[0] == texts[1] and "no usable answer" in texts[0]
 
 
 # -- 4. the time budget ------------------------------------------------------------------------------------------
@@ -216,7 +229,7 @@ def test_the_time_budget_spent_while_paging_gives_412(app, tight_client, httpser
     started = time.monotonic()
     text = assert_412(call(tight_client, "patient-view", without_conditions(app, patient, httpserver)))
     elapsed = time.monotonic() - started
-    assert "timed out" in text
+    assert "no usable answer" in text
     assert 2 <= len(httpserver.log) < len(pages), "the budget ran out between pages"
     assert elapsed < 1.2, f"the service waited {elapsed:.2f} s with a 0.5 s budget"
 
