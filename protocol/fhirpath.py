@@ -80,12 +80,14 @@ from fhirpathpy.engine import make_param as fp_make_param
 from fhirpathpy.engine import param_check_table as fp_param_check_table
 from fhirpathpy.engine import util as fp_util
 from fhirpathpy.engine.evaluators import evaluators as fp_evaluators
+from fhirpathpy.engine.invocations import combining as fp_combining
 from fhirpathpy.engine.invocations import equality as fp_equality
 from fhirpathpy.engine.invocations import filtering as fp_filtering
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.invocations import logic as fp_logic
 from fhirpathpy.engine.invocations import math as fp_math
 from fhirpathpy.engine.invocations import misc as fp_misc
+from fhirpathpy.engine.invocations import subsetting as fp_subsetting
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, TypeInfo
 from fhirpathpy.models import models
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
@@ -95,6 +97,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 __all__ = [
     "CompiledExpression",
     "EvaluationContext",
+    "EvaluationTimeout",
     "Evaluator",
     "FhirPathEvaluationError",
     "FhirPathPyEvaluator",
@@ -117,6 +120,14 @@ class FhirPathEvaluationError(RuntimeError):
     """Evaluating a compiled expression failed; wraps the engine's exception with a readable message."""
 
 
+class EvaluationTimeout(Exception):
+    """The caller's deadline passed during an evaluation (``EvaluationContext.expired``).
+
+    Not an evaluation error: both evaluators let it through unchanged (no second evaluation, no wrapping),
+    also when it is raised by the caller's mapping of variables, so that the caller can stop its work.
+    """
+
+
 @dataclass(frozen=True)
 class EvaluationContext:
     """Per-call services the expressions need: request clock, time zone, ValueSet membership, reference resolution.
@@ -127,12 +138,18 @@ class EvaluationContext:
     duration(), difference()).  None (the default) means the clock's own zone (``now.tzinfo``), so a
     context built from a UTC clock works in UTC, and one built from a clock with another offset keeps
     that offset as before.
+
+    ``expired`` (optional) tells whether the caller's deadline has passed: the evaluators ask it every 16
+    items of where() and select() (and of all() and aggregate() in the native evaluator), and raise
+    EvaluationTimeout when it answers True, so that one expression over a large collection cannot run on
+    long past the deadline.
     """
 
     now: datetime  # timezone-aware; now() is this instant as given, today() and timeOfDay() its local date and time
     member_of: Callable[[dict, str], bool]  # (Coding or CodeableConcept, ValueSet url) -> member?
     resolve: Callable[[dict], dict | None]  # (Reference) -> the resource it points to, or None
     timezone: tzinfo | None = None  # local time zone of the evaluation; None: the clock's own (now.tzinfo)
+    expired: Callable[[], bool] | None = None  # True once the caller's deadline has passed; None: no deadline
 
     def __post_init__(self) -> None:
         """Reject a naive clock, since now() and date comparisons need its UTC offset, and a zone that is not a tzinfo."""
@@ -145,6 +162,16 @@ class EvaluationContext:
     def zone(self) -> tzinfo:
         """The local time zone of the evaluation: ``timezone``, else the clock's own."""
         return self.timezone if self.timezone is not None else self.now.tzinfo
+
+
+#: Items of where(), select(), all() and aggregate() between two questions to EvaluationContext.expired.
+_DEADLINE_STRIDE = 16
+_STRIDE_MASK = _DEADLINE_STRIDE - 1
+
+
+def _deadline_passed() -> EvaluationTimeout:
+    """The exception the evaluators raise when EvaluationContext.expired answers True."""
+    return EvaluationTimeout("the time allowed for the evaluation has passed")
 
 
 def time_zone(value: str | tzinfo | None) -> tzinfo:
@@ -611,6 +638,227 @@ def _distinct_values(x: list) -> list:
     return fp_util.uniq(x)
 
 
+# ---------------------------------------------------------------- membership by key
+#
+# `in`, `contains`, intersect(), exclude(), subsetOf() and supersetOf() ask whether a collection holds an item
+# equal to a value.  Asked item by item, a collection of n items tested against another of n costs n * n
+# comparisons (9 million for two lists of 3,000 resources).  _Membership answers from a hash table instead,
+# with exactly the answer of the item-by-item search: each evaluator gives a key function such that two items
+# its equality finds equal have the same key, and the equality itself still decides between the items of a
+# key.  Items without a key (date/times, quantities, anything whose equality is not Python's equality of
+# JSON values) are compared with the value one by one, in the collection's order, as before.
+
+#: Collections shorter than this are searched item by item (a search of a list not seen before is too).
+_INDEXED_FROM = 32
+#: intersect() and friends compare item by item while len(input) * len(argument) is at most this.
+_PAIRWISE_LIMIT = 256
+
+
+class _NoKey(Exception):
+    """A value with no key (see _frozen)."""
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable image of a JSON value, equal for two values exactly when Python finds them equal."""
+    t = type(value)
+    if t is dict:
+        return ("{", frozenset([(name, _frozen(item)) for name, item in value.items()]))
+    if t is list:
+        return ("[", tuple([_frozen(item) for item in value]))
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if (t is float and value == value) or (t is Decimal and not value.is_nan()):
+        return value
+    raise _NoKey
+
+
+def _plain_member_key(value: Any) -> Any:
+    """The key of a JSON value for _Membership, or None when it has none (then it is compared one by one).
+
+    Strings and numbers are their own key (1, 1.0 and Decimal('1') are equal in Python and hash alike,
+    NaN has no key); a resource is keyed by type and id (equal resources have equal types and ids, and the
+    equality decides between versions of one resource); other objects and arrays by their frozen image.
+    """
+    t = type(value)
+    if t is str or t is int or t is bool:
+        return value
+    if t is dict:
+        rtype, rid = value.get("resourceType"), value.get("id")
+        if type(rtype) is str and type(rid) is str:
+            return ("resource", rtype, rid)
+    elif t is float:
+        return value if value == value else None
+    elif t is Decimal:
+        return None if value.is_nan() else value
+    elif t is not list:
+        return None
+    try:
+        return _frozen(value)
+    except (_NoKey, RecursionError):
+        return None
+
+
+class _Membership:
+    """A collection searched by key: ``holds(value)`` is ``any(equal(item, value) for item in items)``.
+
+    ``key(item)`` must give the same key to any two items ``equal`` finds equal, or None (no key).  A value
+    with a key is compared with the items of its key and with the items without one that come before the
+    first of those that matches, in the collection's order; a value without a key with every item.  So the
+    answer, and an exception a comparison raises, are those of the search item by item.
+    """
+
+    __slots__ = ("_key", "_equal", "_items", "_buckets", "_loose")
+
+    def __init__(self, key: Callable[[Any], Any], equal: Callable[[Any, Any], Any], items: Sequence = ()) -> None:
+        self._key = key
+        self._equal = equal
+        self._items: list = []
+        self._buckets: dict[Any, list] = {}
+        self._loose: list[tuple[int, Any]] = []
+        for item in items:
+            self.add(item)
+
+    def add(self, item: Any) -> None:
+        """Append an item to the collection."""
+        entry = (len(self._items), item)
+        self._items.append(item)
+        key = self._key(item)
+        if key is None:
+            self._loose.append(entry)
+            return
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [entry]
+        else:
+            bucket.append(entry)
+
+    def holds(self, value: Any) -> bool:
+        """True if an item of the collection is equal to the value."""
+        equal = self._equal
+        key = self._key(value)
+        if key is None:
+            return any(equal(item, value) for item in self._items)
+        found = None
+        for position, item in self._buckets.get(key, ()):
+            if equal(item, value):
+                found = position
+                break
+        for position, item in self._loose:
+            if found is not None and position > found:
+                break
+            if equal(item, value):
+                return True
+        return found is not None
+
+
+def _searched_again(cache: dict, items: list, key: Callable[[Any], Any], equal: Callable[[Any, Any], Any]) -> _Membership | None:
+    """The _Membership of a list searched again in the same evaluation, else None (search it item by item).
+
+    Building the table costs about one search item by item, so it pays when the same list is searched many
+    times (``%list`` tested in a where()): it is built the second time.  ``cache`` belongs to one evaluation
+    and holds the lists it has seen, so their ids are not reused meanwhile.
+    """
+    if len(items) < _INDEXED_FROM:
+        return None
+    entry = cache.get((id(items), equal))
+    if entry is None:
+        cache[(id(items), equal)] = [items, None]
+        return None
+    if entry[1] is None:
+        entry[1] = _Membership(key, equal, items)
+    return entry[1]
+
+
+def _fp_member_key(item: Any) -> Any:
+    """The key of a fhirpathpy value: a node's data, a JSON value; none for date/times, times and quantities,
+    whose ``==`` is their own (an FP_DateTime even answers a string with a true value)."""
+    if isinstance(item, ResourceNode):
+        item = item.data
+    return _plain_member_key(item)
+
+
+def _fp_equal(item: Any, value: Any) -> Any:
+    """``item == value``, as fhirpathpy's `in` and `contains` compare."""
+    return item == value
+
+
+def _fp_equal_reversed(item: Any, value: Any) -> Any:
+    """``value == item``, as fhirpathpy's intersect() compares (the input's item first)."""
+    return value == item
+
+
+def _fp_in_list(item: Any, value: Any) -> Any:
+    """``value in [item]``, as Python's ``in`` compares: the same object, or ``item == value``."""
+    return item is value or item == value
+
+
+_MEMBERS = "protocol.fhirpath:members"  # state entry: the lists searched in this evaluation (see _searched_again)
+
+
+def _fp_holds(ctx: dict, items: list, value: Any) -> bool:
+    """fhirpathpy's contains_impl: an item of the list ``== value``, by key when the list is searched again."""
+    cache = ctx.get(_MEMBERS)
+    if cache is None:
+        cache = ctx[_MEMBERS] = {}
+    index = _searched_again(cache, items, _fp_member_key, _fp_equal)
+    if index is None:
+        return any(_fp_equal(item, value) for item in items)
+    return index.holds(value)
+
+
+def _contains_op(ctx: dict, a: list, b: list) -> Any:
+    """`contains` as fhirpathpy's collections.contains, searched by key."""
+    if len(b) == 0:
+        return []
+    if len(a) == 0:
+        return False
+    if len(b) > 1:
+        raise Exception("Expected singleton on right side of contains, got " + str(b))
+    return _fp_holds(ctx, a, b[0])
+
+
+def _in_op(ctx: dict, a: list, b: list) -> Any:
+    """`in` as fhirpathpy's collections.inn (its message included), searched by key."""
+    if len(a) == 0:
+        return []
+    if len(b) == 0:
+        return False
+    if len(a) > 1:
+        raise Exception("Expected singleton on right side of in, got " + str(b))
+    return _fp_holds(ctx, b, a[0])
+
+
+def _intersect(ctx: dict, list_1: list, list_2: list) -> list:
+    """intersect() as fhirpathpy's subsetting.intersect_fn: the items of list_1 found in list_2, then the first of each."""
+    if len(list_1) * len(list_2) <= _PAIRWISE_LIMIT:
+        return fp_subsetting.intersect_fn(ctx, list_1, list_2)
+    found = _Membership(_fp_member_key, _fp_equal_reversed, list_2)
+    intersection = [item for item in list_1 if found.holds(item)]
+    unique = _Membership(_fp_member_key, _fp_in_list)
+    out = []
+    for item in intersection:
+        if not unique.holds(item):
+            unique.add(item)
+            out.append(item)
+    return out
+
+
+def _exclude(ctx: dict, coll1: list, coll2: list) -> list:
+    """exclude() as fhirpathpy's combining.exclude_fn (``not in``), searched by key."""
+    if len(coll1) * len(coll2) <= _PAIRWISE_LIMIT:
+        return fp_combining.exclude_fn(ctx, coll1, coll2)
+    index = _Membership(_fp_member_key, _fp_in_list, coll2)
+    return [item for item in coll1 if not index.holds(item)]
+
+
+def _subset_of(coll1: list, coll2: list) -> bool:
+    """fhirpathpy's existence.subset_of (every item of coll1 ``in`` coll2), searched by key."""
+    if len(coll1) * len(coll2) <= _PAIRWISE_LIMIT:
+        return all(item in coll2 for item in coll1)
+    index = _Membership(_fp_member_key, _fp_in_list, coll2)
+    return all(index.holds(item) for item in coll1)
+
+
 _TYPE_TESTS_LIMIT = 4096
 _type_tests: dict[int, tuple[dict, dict]] = {}  # id(model) -> (model, {(path, name, namespace): bool})
 
@@ -651,8 +899,11 @@ _NO_INDEX = object()
 def _where(ctx: dict, data: list, criteria: Callable) -> list:
     """where(criteria): fhirpathpy's test, criteria evaluated once per item, outer $index restored."""
     outer_index = ctx.get("$index", _NO_INDEX)
+    expired = _context().expired
     selected = []
     for index, item in enumerate(data):
+        if expired is not None and index & _STRIDE_MASK == _STRIDE_MASK and expired():
+            raise _deadline_passed()
         ctx["$index"] = index
         result = criteria(item)
         if len(result) > 0 and result[0]:
@@ -663,15 +914,23 @@ def _where(ctx: dict, data: list, criteria: Callable) -> list:
 
 
 def _select(ctx: dict, data: list, projection: Callable) -> list:
-    """select(projection): as fhirpathpy's, but restores the $index of an enclosing where/select."""
+    """select(projection): as fhirpathpy's, but restores the $index of an enclosing where/select, and joins the
+    projections in one pass (fhirpathpy's flatten copies the list gathered so far for each one)."""
     outer_index = ctx.get("$index", _NO_INDEX)
-    projected = []
+    expired = _context().expired
+    projected: list = []
     for index, item in enumerate(data):
+        if expired is not None and index & _STRIDE_MASK == _STRIDE_MASK and expired():
+            raise _deadline_passed()
         ctx["$index"] = index
-        projected.append(projection(item))
+        result = projection(item)
+        if isinstance(result, list):
+            projected.extend(result)
+        else:
+            projected.append(result)
     if outer_index is not _NO_INDEX:
         ctx["$index"] = outer_index
-    return fp_util.flatten(projected)
+    return projected
 
 
 def _exists(ctx: dict, data: list, criteria: Callable | None = None) -> bool:
@@ -742,6 +1001,14 @@ def _corrected_operators() -> dict[str, dict]:
     6. ``toString()`` of a date/time re-parses it with dateutil: '.000' and 'Z' become
        '+00:00' text, hour precision gains minutes and seconds, and ``@2026-11.toString()``
        gives '2026-11-<current day>T00:00:00'.  Replaced by the value as written.
+
+    Cost:
+
+    7. ``in``, ``contains``, ``intersect()``, ``exclude()``, ``subsetOf()`` and ``supersetOf()`` compare every
+       item of one collection with every item of the other (two lists of 3,000 resources: 9 million
+       comparisons), and ``select()`` copies its result so far for every item.  Replaced by searches by key
+       with the same answers (see _Membership: the same ``==``, in the same direction) and a select() in one
+       pass.
     """
     reg = invocation_registry
     return {
@@ -761,6 +1028,12 @@ def _corrected_operators() -> dict[str, dict]:
         "select": {**reg["select"], "fn": _select},
         "exists": {**reg["exists"], "fn": _exists},
         "toString": {**reg["toString"], "fn": _to_string},
+        "containsOp": {**reg["containsOp"], "fn": _contains_op},
+        "inOp": {**reg["inOp"], "fn": _in_op},
+        "intersect": {**reg["intersect"], "fn": _intersect},
+        "exclude": {**reg["exclude"], "fn": _exclude},
+        "subsetOf": {**reg["subsetOf"], "fn": lambda ctx, coll1, coll2: [_subset_of(coll1, coll2)]},
+        "supersetOf": {**reg["supersetOf"], "fn": lambda ctx, coll1, coll2: [_subset_of(coll2, coll1)]},
     }
 
 
@@ -1799,8 +2072,10 @@ class _Variables(Mapping):
     ``env`` is consulted with ``name in env`` and then ``env[name]`` when the expression
     evaluates ``%name`` (every time it does), so a mapping computing its values on demand
     computes only the variables actually read.  ``%context`` (the focus) and ``%ucum``
-    are supplied unless ``env`` has them.  List values are copied on each read, because
-    some fhirpathpy operations (unary minus) modify their input in place.
+    are supplied unless ``env`` has them.  A list of one item is copied on each read, because
+    unary minus negates the one item of its operand in place (nothing else changes an input);
+    longer lists are handed over as they are, so that a list searched again and again (``%list``
+    in a where(), see _searched_again) is recognised.
     """
 
     __slots__ = ("_env", "_focus")
@@ -1819,7 +2094,7 @@ class _Variables(Mapping):
             value = UCUM
         else:
             return _ABSENT
-        return list(value) if isinstance(value, list) else value
+        return list(value) if isinstance(value, list) and len(value) == 1 else value
 
     def value(self, name: str) -> Any:
         """The value of %name; ValueError naming it when it is not defined."""
@@ -1880,7 +2155,7 @@ class _CompiledFhirPathPy:
         token = _CURRENT.set(ctx)
         try:
             result = self._run(state, data_root)
-        except FhirPathEvaluationError:
+        except (FhirPathEvaluationError, EvaluationTimeout):
             raise
         except Exception as exc:
             raise FhirPathEvaluationError(f"{self.source!r}: {type(exc).__name__}: {exc}") from exc

@@ -52,7 +52,11 @@ inside ``where()``), and consecutive member names (``clinicalStatus.coding``) ru
 JSON directly when the element's type allows; chains of ``and``/``or`` run as one loop; literal
 arguments and operands are converted once; the type of a member is looked up once per parent
 type, ``ofType()`` once per type; date arithmetic and date comparison keys are remembered.  Each of
-these gives the same result as the general path, which remains for every other case.
+these gives the same result as the general path, which remains for every other case.  ``in``,
+``contains``, ``intersect()``, ``exclude()``, ``subsetOf()`` and ``supersetOf()`` search large
+collections by key (``protocol.fhirpath._Membership``: Python's ``==`` on the items, as before, without
+comparing every pair), a list tested again and again in one evaluation (``%list`` in a where()) is indexed
+once, and where(), select(), all() and aggregate() ask ``EvaluationContext.expired`` every 16 items.
 
 Falling back to protocol.fhirpath
 ---------------------------------
@@ -108,15 +112,21 @@ from protocol.fhirpath import (
     UCUM,
     CompiledExpression,
     EvaluationContext,
+    EvaluationTimeout,
     FhirPathEvaluationError,
     FhirPathPyEvaluator,
     _CALENDAR_TO_UCUM,
+    _INDEXED_FROM,
+    _PAIRWISE_LIMIT,
+    _STRIDE_MASK,
     _DateTime,
+    _Membership,
     _ResourceNode,
     _UNIT_TO_CALENDAR,
     _assumed_offset,
     _boundary_text,
     _datetime_text,
+    _deadline_passed,
     _identifier_text,
     _interval,
     _local_offset,
@@ -124,6 +134,8 @@ from protocol.fhirpath import (
     _number,
     _parse_checked,
     _parse_datetime,
+    _plain_member_key,
+    _searched_again,
     _shifted_datetime_text,
 )
 
@@ -240,9 +252,10 @@ class _EnvFailure(Exception):
 
 
 class _State:
-    """What one evaluation carries besides its input: variables, context, $this/$index/$total."""
+    """What one evaluation carries besides its input: variables, context, $this/$index/$total, and the
+    lists searched by `in`/`contains` (see protocol.fhirpath._searched_again)."""
 
-    __slots__ = ("env", "focus", "ctx", "this", "index", "total", "_offset")
+    __slots__ = ("env", "focus", "ctx", "this", "index", "total", "_offset", "members")
 
     def __init__(self, env: Mapping[str, Any], focus: Any, ctx: EvaluationContext, root: list) -> None:
         self.env = env
@@ -252,6 +265,7 @@ class _State:
         self.index = None
         self.total = None
         self._offset = None
+        self.members: dict | None = None
 
     def offset(self, value: _DateTime) -> int:
         """UTC offset in minutes of a date/time: as written, else the evaluation zone's at that local time."""
@@ -678,6 +692,40 @@ def _contains_item(items: list, value: Any) -> bool:
         if item is value or item == value:
             return True
     return False
+
+
+def _same(item: Any, value: Any) -> bool:
+    """The equality of _contains_item: the same object, or ``item == value``."""
+    return item is value or item == value
+
+
+def _member_key(item: Any) -> Any:
+    """The key of an item for protocol.fhirpath._Membership under _same: a Node's data as a JSON value; a
+    DateTime, Time or Quantity equals only itself (none defines ``==``), so its identity is its key."""
+    t = type(item)
+    if t is Node:
+        return _plain_member_key(item.data)
+    if t is DateTime or t is Time or t is Quantity:
+        return ("object", id(item))
+    return _plain_member_key(item)
+
+
+def _holds(items: list, value: Any, st: _State) -> bool:
+    """_contains_item, by key when the same list is searched again in this evaluation."""
+    if len(items) < _INDEXED_FROM:
+        return _contains_item(items, value)
+    members = st.members
+    if members is None:
+        members = st.members = {}
+    index = _searched_again(members, items, _member_key, _same)
+    if index is None:
+        return _contains_item(items, value)
+    return index.holds(value)
+
+
+def _index(items: list) -> _Membership:
+    """The items, searched by key under _same."""
+    return _Membership(_member_key, _same, items)
 
 
 # ---------------------------------------------------------------- types
@@ -1166,7 +1214,7 @@ class _Compiler:
                     value = UCUM
                 else:
                     raise _Undefined(name)
-            except _Undefined:
+            except (_Undefined, EvaluationTimeout):
                 raise
             except Exception as exc:
                 raise _EnvFailure(exc) from exc
@@ -1707,7 +1755,7 @@ def _op_in(left: _Run, right: _Run) -> _Run:
             return [False]
         if len(a) > 1:
             raise ValueError(f"Expected singleton on left side of in, got {a!r}")
-        return [_contains_item(b, a[0])]
+        return [_holds(b, a[0], st)]
 
     return in_
 
@@ -1722,7 +1770,7 @@ def _op_contains(left: _Run, right: _Run) -> _Run:
             return [False]
         if len(b) > 1:
             raise ValueError(f"Expected singleton on right side of contains, got {b!r}")
-        return [_contains_item(a, b[0])]
+        return [_holds(a, b[0], st)]
 
     return contains
 
@@ -1830,8 +1878,11 @@ def _fn_where(compiler: _Compiler, params: list) -> _Run:
         if not data:
             return []
         this, index = st.this, st.index
+        expired = st.ctx.expired
         out = []
         for i, item in enumerate(data):
+            if expired is not None and i & _STRIDE_MASK == _STRIDE_MASK and expired():
+                raise _deadline_passed()
             st.index = i
             st.this = one = [item]
             result = criterion(one, st)
@@ -1850,8 +1901,11 @@ def _fn_select(compiler: _Compiler, params: list) -> _Run:
         if not data:
             return []
         this, index = st.this, st.index
+        expired = st.ctx.expired
         out: list = []
         for i, item in enumerate(data):
+            if expired is not None and i & _STRIDE_MASK == _STRIDE_MASK and expired():
+                raise _deadline_passed()
             st.index = i
             st.this = one = [item]
             out.extend(projection(one, st))
@@ -1873,8 +1927,11 @@ def _fn_all(compiler: _Compiler, params: list) -> _Run:
 
     def all_(data: list, st: _State) -> list:
         this, index = st.this, st.index
+        expired = st.ctx.expired
         result = True
         for i, item in enumerate(data):
+            if expired is not None and i & _STRIDE_MASK == _STRIDE_MASK and expired():
+                raise _deadline_passed()
             st.index = i
             st.this = one = [item]
             if not _truth(criterion(one, st)):
@@ -1893,7 +1950,10 @@ def _fn_aggregate(compiler: _Compiler, params: list) -> _Run:
     def aggregate(data: list, st: _State) -> list:
         total = initial(st) if initial is not None else []
         this, index, outer_total = st.this, st.index, st.total
+        expired = st.ctx.expired
         for i, item in enumerate(data):
+            if expired is not None and i & _STRIDE_MASK == _STRIDE_MASK and expired():
+                raise _deadline_passed()
             st.index = i
             st.total = total
             st.this = one = [item]
@@ -1954,11 +2014,35 @@ def _fn_with_collection(compute: Callable[[list, list], list]) -> Callable[[_Com
 
 
 def _intersect(a: list, b: list) -> list:
+    """The items of a found in b, the first of each value (both searched by key when large)."""
     out: list = []
+    if len(a) * len(b) <= _PAIRWISE_LIMIT:
+        for item in a:
+            if _contains_item(b, item) and not _contains_item(out, item):
+                out.append(item)
+        return out
+    found, kept = _index(b), _index(())
     for item in a:
-        if _contains_item(b, item) and not _contains_item(out, item):
+        if found.holds(item) and not kept.holds(item):
+            kept.add(item)
             out.append(item)
     return out
+
+
+def _exclude(a: list, b: list) -> list:
+    """The items of a not found in b."""
+    if len(a) * len(b) <= _PAIRWISE_LIMIT:
+        return [x for x in a if not _contains_item(b, x)]
+    found = _index(b)
+    return [x for x in a if not found.holds(x)]
+
+
+def _subset_of(a: list, b: list) -> list:
+    """Whether every item of a is found in b."""
+    if len(a) * len(b) <= _PAIRWISE_LIMIT:
+        return [all(_contains_item(b, x) for x in a)]
+    found = _index(b)
+    return [all(found.holds(x) for x in a)]
 
 
 def _fn_of_type(compiler: _Compiler, params: list) -> _Run:
@@ -2500,9 +2584,9 @@ _FUNCTIONS: dict[str, Callable[[_Compiler, list], _Run]] = {
     "union": _fn_with_collection(lambda a, b: _distinct(a + b)),
     "combine": _fn_with_collection(lambda a, b: a + b),
     "intersect": _fn_with_collection(_intersect),
-    "exclude": _fn_with_collection(lambda a, b: [x for x in a if not _contains_item(b, x)]),
-    "subsetOf": _fn_with_collection(lambda a, b: [all(_contains_item(b, x) for x in a)]),
-    "supersetOf": _fn_with_collection(lambda a, b: [all(_contains_item(a, x) for x in b)]),
+    "exclude": _fn_with_collection(_exclude),
+    "subsetOf": _fn_with_collection(_subset_of),
+    "supersetOf": _fn_with_collection(lambda a, b: _subset_of(b, a)),
     "where": _fn_where,
     "select": _fn_select,
     "aggregate": _fn_aggregate,
@@ -2664,7 +2748,7 @@ class _NativeExpression:
         st.focus = focus
         st.ctx = ctx
         st.this = root
-        st.index = st.total = st._offset = None
+        st.index = st.total = st._offset = st.members = None
         try:
             result = self._run(root, st)
         except _Undefined as exc:
@@ -2676,6 +2760,8 @@ class _NativeExpression:
             if isinstance(error, FhirPathEvaluationError):
                 raise error from None
             raise FhirPathEvaluationError(f"{self.source!r}: {type(error).__name__}: {error}") from error
+        except EvaluationTimeout:
+            raise
         except Exception as exc:
             if not self._evaluator.rerun:
                 raise FhirPathEvaluationError(f"{self.source!r}: {type(exc).__name__}: {exc}") from exc

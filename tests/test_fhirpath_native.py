@@ -860,3 +860,165 @@ def test_native_evaluation_is_thread_safe():
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+# ---------------------------------------------------------------------------------- membership by key
+
+MEMBERSHIP_RECORD = {
+    "resourceType": "Observation", "id": "m",
+    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}, {"code": "1", "system": "http://snomed.info/sct"},
+                        {"system": "http://snomed.info/sct", "code": "1", "display": "one"}, {"system": "http://loinc.org", "code": "1"}]},
+    "component": [{"valueInteger": 1}, {"valueDecimal": 1.0}, {"valueDecimal": 0.1}, {"valueString": "1"}, {"valueBoolean": True},
+                  {"valueDateTime": "2026-01-01"}, {"valueDateTime": "2026-01-01T00:00:00Z"}, {"valueDateTime": "2026-01"},
+                  {"valueQuantity": {"value": 1, "unit": "g", "system": semantics.UCUM, "code": "g"}},
+                  {"valueQuantity": {"value": 1000, "unit": "mg", "system": semantics.UCUM, "code": "mg"}},
+                  {"valueQuantity": {"value": 1, "unit": "g", "system": semantics.UCUM, "code": "g"}},
+                  {"valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}}],
+}
+MEMBERSHIP_RESOURCES = [{"resourceType": "Condition", "id": "c", "code": {"text": "x"}},
+                        {"resourceType": "Condition", "id": "c", "code": {"text": "y"}},
+                        {"resourceType": "Condition", "id": "d"}, {"resourceType": "Condition", "code": {"text": "x"}}]
+#: Values of every kind whose equality is tricky: 1 and 1.0 and true, a decimal element and a literal, a date
+#: string and date/time literals of several precisions, quantities in convertible units, codings written in
+#: another key order, resources with the same id, times.
+MEMBERSHIP_VALUES = ("%record.component.value | %record.code.coding | %record.component.value.ofType(Quantity)"
+                     " | %resources | %resources[0]")
+MEMBERSHIP_LITERALS = ("(1).combine(1.0).combine(1.00).combine(0.1).combine('1').combine('2026-01-01').combine(true)"
+                       ".combine(@2026-01-01).combine(@2026-01-01T00:00:00Z).combine(@2026-01).combine(1 'g').combine(1000 'mg')"
+                       ".combine(1 day).combine(24 hours).combine(@T10:00).combine({})")
+MEMBERSHIP_EXPRESSIONS = [
+    "%values.where($this in %pool)",
+    "%values.select(%pool contains $this)",
+    "%values.intersect(%pool)",
+    "%pool.intersect(%values)",
+    "%pool.intersect(%pool)",
+    "%values.exclude(%pool)",
+    "%pool.exclude(%values)",
+    "%values.subsetOf(%pool)",
+    "%pool.supersetOf(%values)",
+    "%pool.subsetOf(%values)",
+    "%pool.distinct()",
+    "%pool.isDistinct()",
+]
+
+
+def _membership_env(evaluator, padding: int) -> dict:
+    """Raw values of the evaluator: %values (tricky values), %pool (them again, in another order, with padding)."""
+    ctx = semantics.make_ctx()
+    record, resources = evaluator.node(MEMBERSHIP_RECORD), [evaluator.node(r) for r in MEMBERSHIP_RESOURCES]
+    values = evaluator.compile(MEMBERSHIP_VALUES)({"record": [record], "resources": resources}, ctx)
+    values = values + evaluator.compile(MEMBERSHIP_LITERALS)({}, ctx)
+    pads = evaluator.compile(f"(1 | 2).repeat(iif($this < {padding}, $this + 2, {{}})).select('pad-' & $this.toString() | $this + 1000)")({}, ctx)
+    return {"values": values, "pool": pads[: padding // 2] + values[::-1] + values[::3] + pads[padding // 2:]}
+
+
+def _outcome(evaluator, expression: str, env: dict) -> tuple:
+    try:
+        result = evaluator.compile(expression)(env, semantics.make_ctx())
+    except FhirPathEvaluationError as exc:
+        return ("error", str(exc))
+    return ("result", [(id(item), evaluator.to_json(item)) for item in result])
+
+
+@pytest.mark.parametrize("expression", MEMBERSHIP_EXPRESSIONS)
+def test_search_by_key_gives_the_answers_of_the_item_by_item_search(evaluator, expression, monkeypatch):
+    import protocol.fhirpath_native as native
+
+    env = _membership_env(evaluator, padding=80)
+    assert len(env["pool"]) >= fp._INDEXED_FROM and len(env["pool"]) * len(env["values"]) > fp._PAIRWISE_LIMIT
+    by_key = _outcome(evaluator, expression, env)
+    monkeypatch.setattr(fp, "_INDEXED_FROM", 10 ** 9)
+    monkeypatch.setattr(fp, "_PAIRWISE_LIMIT", 10 ** 9)
+    monkeypatch.setattr(native, "_PAIRWISE_LIMIT", 10 ** 9)
+    item_by_item = _outcome(evaluator, expression, env)
+    assert by_key == item_by_item
+
+
+@pytest.mark.parametrize("expression", ["%a.intersect(%b).count()", "%a.exclude(%b).count()", "%a.subsetOf(%b)",
+                                        "%b.supersetOf(%a)", "%a.where($this in %b).count()", "%a.where(%b contains $this).count()"])
+def test_membership_compares_a_few_times_per_item_not_every_pair(evaluator, expression, monkeypatch):
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    resources = [{"resourceType": "MedicationRequest", "id": f"r{i}", "status": "active"} for i in range(3000)]
+    a = [evaluator.node(r) for r in resources]
+    b = [evaluator.node(r) for r in reversed(resources)]
+    comparisons = 0
+    node_type = Node if evaluator is STRICT else ResourceNode
+    original = node_type.__eq__
+
+    def counted(self, other):
+        nonlocal comparisons
+        comparisons += 1
+        return original(self, other)
+
+    monkeypatch.setattr(node_type, "__eq__", counted)
+    result = evaluator.compile(expression)({"a": a, "b": b}, semantics.make_ctx())
+    assert [evaluator.to_json(v) for v in result] in ([3000], [0], [True])
+    assert comparisons <= 3 * len(resources)
+
+
+def test_membership_raises_what_the_item_by_item_search_raises():
+    def equal(item, value):
+        if item == "boom":
+            raise ValueError("cannot compare")
+        return item == value
+
+    def key(item):
+        return None if item == "boom" else item
+
+    for items in (["a", "boom", "b"], ["a", "b", "boom"], ["boom"], []):
+        index = fp._Membership(key, equal, items)
+        for value in ("a", "b", "c", "boom"):
+            try:
+                expected: Any = any(equal(item, value) for item in items)
+            except ValueError as exc:
+                expected = str(exc)
+            try:
+                found: Any = index.holds(value)
+            except ValueError as exc:
+                found = str(exc)
+            assert found == expected, (items, value)
+
+
+# ---------------------------------------------------------------------------------- the caller's deadline
+
+
+def _expiring_context(after: int) -> tuple[EvaluationContext, list]:
+    """A context whose deadline passes at the ``after``-th question; the list counts the questions."""
+    asked: list = []
+
+    def expired() -> bool:
+        asked.append(True)
+        return len(asked) >= after
+
+    ctx = semantics.make_ctx()
+    return EvaluationContext(now=ctx.now, member_of=ctx.member_of, resolve=ctx.resolve, expired=expired), asked
+
+
+@pytest.mark.parametrize("expression", ["%items.where($this > 0).count()", "%items.select($this + 1).count()",
+                                        "%items.where(%items.where($this = 0).exists()).count()"])
+def test_a_passed_deadline_stops_the_evaluation(evaluator, expression):
+    ctx, asked = _expiring_context(after=3)
+    with pytest.raises(fp.EvaluationTimeout):
+        evaluator.compile(expression)({"items": list(range(1, 200))}, ctx)
+    assert len(asked) == 3
+
+
+def test_the_deadline_is_asked_every_16_items_only(evaluator):
+    ctx, asked = _expiring_context(after=10 ** 9)
+    assert run(evaluator, "%items.where($this > 0).count()", {"items": list(range(1, 161))}, ctx=ctx) == [160]
+    assert len(asked) == 10
+    assert run(evaluator, "%items.where($this > 0).count()", {"items": list(range(1, 16))}, ctx=ctx) == [15]
+    assert len(asked) == 10
+
+
+def test_a_deadline_passed_while_a_variable_is_computed_is_not_an_evaluation_error(evaluator):
+    class Expiring(dict):
+        def __getitem__(self, name):
+            raise fp.EvaluationTimeout("the time allowed for the evaluation has passed")
+
+    for expression in ("%v.exists()", "1 + %v", "%v.repeat($this)"):
+        with pytest.raises(fp.EvaluationTimeout):
+            evaluator.compile(expression)(Expiring(v=[1]), semantics.make_ctx())
+    with pytest.raises(fp.EvaluationTimeout):
+        NATIVE.compile("%v.where($this > 0)")(Expiring(v=[1]), semantics.make_ctx())
