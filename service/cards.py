@@ -64,14 +64,14 @@ def plain_line(text: Any) -> str:
 
 @dataclass
 class IssuedCard:
-    """What was shown, kept so that feedback can be joined to it (no patient data)."""
+    """What was shown, kept so that feedback can be joined to it: the protocol's ids and codes only. Never the summary or
+    a suggestion's label, since they can quote the patient's record (a drug's name as the EHR wrote it)."""
 
     uuid: str
     action_id: str
     topic: str | None
     indicator: str
-    summary: str
-    suggestions: list[tuple[str, str]] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)  #: the uuid of each suggestion
 
 
 def _type(action: AppliedAction) -> str | None:
@@ -166,8 +166,8 @@ class CardBuilder:
         links = self.links(action)
         if links:
             card["links"] = links
-        record = IssuedCard(card["uuid"], fields.get("id", ""), (card["source"].get("topic") or {}).get("code"), indicator, summary,
-                            [(s["uuid"], s["label"]) for s in suggestions])
+        record = IssuedCard(card["uuid"], fields.get("id", ""), (card["source"].get("topic") or {}).get("code"), indicator,
+                            [s["uuid"] for s in suggestions])
         return card, record
 
     def source(self, action: AppliedAction, result: ApplyResult) -> Json:

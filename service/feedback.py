@@ -1,7 +1,18 @@
 """Durable record of the cards issued and of the feedback clients send about them (SQLite, WAL mode).
 
-Cards are recorded by uuid with their service, hook, action and topic, so feedback can be joined to what was
-shown. Nothing about the patient is stored: no ids, no names, no clinical data, no tokens.
+Nothing about the patient is stored: no ids, no names, no clinical data, no text from the record, no tokens.
+What each table keeps:
+
+- ``issued_card``: the card's uuid, service, hook, hookInstance, the protocol's action id and topic code, the indicator
+  and when it was issued. Not the summary: it can name the patient's drugs and conditions as the record wrote them.
+- ``issued_suggestion``: the suggestion's uuid and its card. Not the label, for the same reason.
+- ``feedback``: card uuid, outcome, the uuids of the accepted suggestions, the override reason's coding (system, code,
+  display: the codes of the service's own ValueSet), the client's outcomeTimestamp, when it was received, and whether
+  the card was one this service issued. A clinician's ``userComment`` is free text that can hold anything about the
+  patient: it is never stored, only its length (``comment_length``; NULL when no comment was given).
+
+A database made by an earlier version, which kept summaries, labels and comments, is upgraded when the store opens it:
+those columns are dropped (their freed space overwritten with zeros) and every card, suggestion and feedback row is kept.
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ from service.errors import BadRequest, ServiceError
 
 log = logging.getLogger("back_spasm_cds.feedback")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS issued_card (
+#: Each table's columns. Only ids, codes, times and counts: see the module's docstring.
+TABLES = {
+    "issued_card": """(
     uuid TEXT PRIMARY KEY,
     service_id TEXT NOT NULL,
     hook TEXT NOT NULL,
@@ -33,15 +45,13 @@ CREATE TABLE IF NOT EXISTS issued_card (
     action_id TEXT NOT NULL,
     topic TEXT,
     indicator TEXT NOT NULL,
-    summary TEXT NOT NULL,
     issued_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS issued_suggestion (
+)""",
+    "issued_suggestion": """(
     uuid TEXT PRIMARY KEY,
-    card_uuid TEXT NOT NULL REFERENCES issued_card(uuid),
-    label TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS feedback (
+    card_uuid TEXT NOT NULL REFERENCES issued_card(uuid)
+)""",
+    "feedback": """(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     service_id TEXT NOT NULL,
     card_uuid TEXT NOT NULL,
@@ -50,14 +60,22 @@ CREATE TABLE IF NOT EXISTS feedback (
     override_system TEXT,
     override_code TEXT,
     override_display TEXT,
-    user_comment TEXT,
+    comment_length INTEGER,
     outcome_timestamp TEXT NOT NULL,
     received_at TEXT NOT NULL,
     card_known INTEGER NOT NULL,
     UNIQUE (service_id, card_uuid, outcome, outcome_timestamp)
-);
+)""",
+}
+INDEXES = """
 CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
 """
+SCHEMA = "".join(f"CREATE TABLE IF NOT EXISTS {name} {columns};\n" for name, columns in TABLES.items()) + INDEXES
+
+#: Columns an earlier version kept that can hold text from the patient's record, dropped when its database is opened.
+DROPPED_COLUMNS = {"issued_card": ("summary",), "issued_suggestion": ("label",), "feedback": ("user_comment",)}
+#: New columns filled from a dropped one when a database is upgraded: (the old column, the SQL expression over it).
+DERIVED_COLUMNS = {"feedback": {"comment_length": ("user_comment", "length(user_comment)")}}
 
 
 #: The most feedback items one request may carry, and the most accepted suggestions one item may name.
@@ -77,7 +95,7 @@ class FeedbackItem:
     outcome: str
     accepted: list[str]
     reason: Mapping[str, Any] | None
-    comment: str | None
+    comment_length: int | None  #: the userComment's length, None without one; the text itself is not kept
     timestamp: str
 
 
@@ -119,7 +137,7 @@ def _item(raw: Any, where: str, problems: list[str]) -> FeedbackItem | None:
     problems.extend(found)
     if found:
         return None
-    return FeedbackItem(card, outcome, accepted, reason, comment, stamp)  # type: ignore[arg-type]
+    return FeedbackItem(card, outcome, accepted, reason, None if comment is None else len(comment), stamp)  # type: ignore[arg-type]
 
 
 def _text(value: Any, where: str, limit: int, problems: list[str], what: str) -> str | None:
@@ -240,7 +258,8 @@ def _backoff(attempt: int) -> float:
 class SqliteFile:
     """One SQLite file shared by the threads of a process (a connection each) and by several worker processes.
 
-    The file is in WAL mode. A durable write commits with ``synchronous=FULL``: when it returns it has been synced to
+    The file is in WAL mode, with ``secure_delete`` on: what a write deletes is overwritten with zeros, not left in
+    free space. A durable write commits with ``synchronous=FULL``: when it returns it has been synced to
     disk, so it survives the process being killed and the machine losing power. A write that may be lost with the
     machine's power (``durable=False``) commits with ``synchronous=NORMAL``: it survives the process being killed, and
     reaches the disk with the next durable write, without a sync of its own. Each sync is made while the write lock
@@ -291,6 +310,7 @@ class SqliteFile:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
             db.executescript(self.schema)
         except BaseException:
             db.close()
@@ -348,6 +368,38 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def upgrade_tables(db: sqlite3.Connection) -> list[str]:
+    """Rebuild, inside the caller's write transaction, every table that still has a column of DROPPED_COLUMNS; the names
+    of the tables rebuilt (none for a database of this version).
+
+    Each is rebuilt the way that works on every SQLite version (DROP COLUMN needs 3.35): a table of the current columns
+    is filled from the old one (a derived column from its source), the old table dropped, the new one renamed. Ids,
+    AUTOINCREMENT sequence included, are kept. With ``secure_delete`` on, the old table's pages are overwritten with
+    zeros as they are freed.
+    """
+    upgraded = []
+    for table, columns in TABLES.items():
+        existing = _columns(db, table)
+        if not any(column in existing for column in DROPPED_COLUMNS.get(table, ())):
+            continue
+        db.execute(f"CREATE TABLE {table}__upgraded {columns}")
+        wanted = _columns(db, f"{table}__upgraded")
+        derived = DERIVED_COLUMNS.get(table, {})
+        values = [c if c in existing else derived[c][1] if c in derived and derived[c][0] in existing else "NULL" for c in wanted]
+        db.execute(f"INSERT INTO {table}__upgraded ({', '.join(wanted)}) SELECT {', '.join(values)} FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}__upgraded RENAME TO {table}")
+        upgraded.append(table)
+    if upgraded:
+        for statement in filter(str.strip, INDEXES.split(";")):
+            db.execute(statement)
+    return upgraded
+
+
 class FeedbackStore:
     """Issued cards and feedback in SQLite, shared by the threads of a worker and by the worker processes.
 
@@ -358,9 +410,20 @@ class FeedbackStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._database = SqliteFile(self.path, SCHEMA)
+        self._upgrade()
 
     def _connection(self) -> sqlite3.Connection:
         return self._database.connection()
+
+    def _upgrade(self) -> None:
+        """Bring a database made by an earlier version to this schema, keeping its rows (see upgrade_tables); then move
+        the rewritten pages into the database file and empty the WAL, so the dropped text is left in neither."""
+        upgraded = self._database.write(upgrade_tables, "schema upgrade")
+        if not upgraded:
+            return
+        busy = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        log.warning("database upgraded: columns that could hold patient text dropped",
+                    extra={"fields": {"event": "database-upgraded", "tables": upgraded, "wal_emptied": not busy}})
 
     def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> None:
         """Remember the cards of one response (and their suggestions); not synced on its own (a power cut may lose the
@@ -369,12 +432,13 @@ class FeedbackStore:
         if not cards:
             return
         issued_at = _now()
-        card_rows = [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, c.summary, issued_at) for c in cards]
-        suggestion_rows = [(s_uuid, c.uuid, label) for c in cards for s_uuid, label in c.suggestions]
+        card_rows = [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, issued_at) for c in cards]
+        suggestion_rows = [(s_uuid, c.uuid) for c in cards for s_uuid in c.suggestions]
 
         def insert(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO issued_card VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
-            db.executemany("INSERT OR IGNORE INTO issued_suggestion VALUES (?, ?, ?)", suggestion_rows)
+            db.executemany("INSERT OR IGNORE INTO issued_card (uuid, service_id, hook, hook_instance, action_id, topic, indicator, issued_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
+            db.executemany("INSERT OR IGNORE INTO issued_suggestion (uuid, card_uuid) VALUES (?, ?)", suggestion_rows)
 
         self._database.write(insert, "record of the issued cards", durable=False)
 
@@ -403,9 +467,9 @@ class FeedbackStore:
                 reason = item.reason or {}
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO feedback (service_id, card_uuid, outcome, accepted_suggestions, override_system, override_code,"
-                    " override_display, user_comment, outcome_timestamp, received_at, card_known) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " override_display, comment_length, outcome_timestamp, received_at, card_known) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (service_id, item.card, item.outcome, json.dumps(item.accepted) if item.accepted else None, reason.get("system"),
-                     reason.get("code"), reason.get("display"), item.comment, item.timestamp, received, int(known)))
+                     reason.get("code"), reason.get("display"), item.comment_length, item.timestamp, received, int(known)))
                 new += cursor.rowcount
             return new
 

@@ -2,7 +2,8 @@
 
 The bodies are CDS Hooks 2.0 feedback on cards the service really issued (a plan card with a suggestion, a
 warning with override reasons), with one field given a JSON type or a length the service does not store.
-Every stored column is read back from the SQLite file: it holds text (or nothing), never another type.
+Every stored column is read back from the SQLite file: it holds text (or nothing), never another type; the
+clinician's comment is kept only as its length.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, m
 
 FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
 COLUMNS = ("service_id", "card_uuid", "outcome", "accepted_suggestions", "override_system", "override_code", "override_display",
-           "user_comment", "outcome_timestamp", "received_at")
+           "outcome_timestamp", "received_at")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def rows(app) -> list[dict]:
     """Every feedback row as the SQLite file holds it, with the storage type of each column."""
     with sqlite3.connect(state_of(app).store.path) as db:
         db.row_factory = sqlite3.Row
-        types = ", ".join(f"typeof({c}) AS {c}_type" for c in COLUMNS)
+        types = ", ".join(f"typeof({c}) AS {c}_type" for c in (*COLUMNS, "comment_length"))
         return [dict(r) for r in db.execute(f"SELECT *, {types} FROM feedback ORDER BY id")]
 
 
@@ -99,7 +100,7 @@ def replaced(item: dict, path: str, value) -> dict:
     return item
 
 
-def test_well_formed_feedback_is_stored_with_every_field_as_text(app, client, cards):
+def test_well_formed_feedback_is_stored_with_every_field_as_text_and_the_comment_as_its_length(app, client, cards):
     before = len(rows(app))
     answer = post(client, [accepted(cards), overridden(cards)])
     assert answer.status_code == 200, answer.get_data(as_text=True)
@@ -109,7 +110,8 @@ def test_well_formed_feedback_is_stored_with_every_field_as_text(app, client, ca
     reason = cards["warning"]["overrideReasons"][0]
     assert (warning_row["override_system"], warning_row["override_code"], warning_row["override_display"]) == \
         (reason["system"], reason["code"], reason["display"])
-    assert warning_row["user_comment"] == "Discussed with the patient; reviewed in a week."
+    assert "user_comment" not in warning_row
+    assert (plan_row["comment_length"], warning_row["comment_length"]) == (None, len("Discussed with the patient; reviewed in a week."))
     assert plan_row["card_known"] == warning_row["card_known"] == 1
     for row in (plan_row, warning_row):
         assert all(row[f"{c}_type"] in ("text", "null") for c in COLUMNS), row
@@ -177,7 +179,7 @@ def test_optional_fields_given_as_null_are_left_out(app, client, cards):
     answer = post(client, [item])
     assert answer.status_code == 200, answer.get_data(as_text=True)
     row = rows(app)[-1]
-    assert (row["override_system"], row["override_display"], row["user_comment"], row["accepted_suggestions"]) == (None,) * 4
+    assert (row["override_system"], row["override_display"], row["comment_length"], row["accepted_suggestions"]) == (None,) * 4
 
 
 JSON = st.recursive(
@@ -203,3 +205,4 @@ def test_any_json_in_any_field_is_a_400_or_stored_as_text(app, client, cards, pa
     else:
         for row in rows(app)[before:]:
             assert all(row[f"{c}_type"] in ("text", "null") for c in COLUMNS), row
+            assert row["comment_length_type"] in ("integer", "null"), row

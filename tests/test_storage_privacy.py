@@ -1,0 +1,204 @@
+"""What the database keeps, written as the attack: text from a patient's record or a clinician's comment must not
+reach the SQLite files or the log, however it is sent.
+
+The record holds a drug whose text is distinctive ("Zyxolamine 99 mg", coded as sertraline so that the protocol
+names it in a card's summary); the feedback carries a comment naming a person. The tests read the database, its
+WAL and shared-memory files as raw bytes, and every log line the service wrote, and look for those strings. A
+database made by the previous version (which kept summaries, labels and comments) is opened and must keep its
+rows and lose the text.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service import state_of
+from service.feedback import FeedbackStore
+from service.logs import JsonFormatter
+from tests.patients import RXNORM, Patient
+from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
+
+DRUG = "Zyxolamine 99 mg"
+COMMENT = "Mrs Quillfeather of 12 Larkspur Row refused; her daughter agrees"
+SECRETS = (DRUG.encode(), b"Zyxolamine", b"Quillfeather", b"Larkspur")
+FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
+
+#: The schema of the version that kept summaries, suggestion labels and comments verbatim.
+PREVIOUS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS issued_card (
+    uuid TEXT PRIMARY KEY, service_id TEXT NOT NULL, hook TEXT NOT NULL, hook_instance TEXT NOT NULL, action_id TEXT NOT NULL,
+    topic TEXT, indicator TEXT NOT NULL, summary TEXT NOT NULL, issued_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS issued_suggestion (
+    uuid TEXT PRIMARY KEY, card_uuid TEXT NOT NULL REFERENCES issued_card(uuid), label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, service_id TEXT NOT NULL, card_uuid TEXT NOT NULL, outcome TEXT NOT NULL,
+    accepted_suggestions TEXT, override_system TEXT, override_code TEXT, override_display TEXT, user_comment TEXT,
+    outcome_timestamp TEXT NOT NULL, received_at TEXT NOT NULL, card_known INTEGER NOT NULL,
+    UNIQUE (service_id, card_uuid, outcome, outcome_timestamp));
+CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
+"""
+
+
+def database_bytes(path: str | Path) -> bytes:
+    """The database file, its WAL and its shared-memory file, as raw bytes."""
+    return b"".join(Path(f"{path}{suffix}").read_bytes() for suffix in ("", "-wal", "-shm") if Path(f"{path}{suffix}").exists())
+
+
+def leaked(data: bytes) -> list[bytes]:
+    return [secret for secret in SECRETS if secret in data]
+
+
+def zyxolamine_patient() -> Patient:
+    """A back spasm, on a drug the record names 'Zyxolamine 99 mg' (coded as sertraline: the serotonin caution names it)."""
+    patient = Patient(56)
+    patient.spasm(20)
+    patient.medication((RXNORM, "312941", DRUG))
+    return patient
+
+
+@pytest.fixture
+def app(tmp_path):
+    return make_app(tmp_path / "service")
+
+
+@pytest.fixture
+def log_output(app):
+    """Every record the service logs from here on (all levels), as the JSON lines it writes."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    loggers = [logging.getLogger("back_spasm_cds"), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    yield stream
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def warning_and_plan(app) -> tuple[dict, dict]:
+    """The cards of a patient-view call for the Zyxolamine patient: the serotonin warning (which names the drug) and the plan."""
+    cards = cards_of(app.test_client(), "patient-view", hook_body(app, "patient-view", zyxolamine_patient()))
+    warning = by_topic(cards, "cyclobenzaprine")
+    assert DRUG in warning["summary"], "the attack needs the record's text on the card"
+    return warning, by_topic(cards, "phase-plan")
+
+
+# -- text from the record -------------------------------------------------------------------------------------------
+
+
+def test_record_text_on_cards_reaches_neither_the_database_nor_the_log(app, log_output):
+    client = app.test_client()
+    warning, plan = warning_and_plan(app)
+    patient = zyxolamine_patient()
+    order_select = hook_body(app, "order-select", patient, [patient.draft_medication((RXNORM, "828348", DRUG))])
+    assert DRUG in str(cards_of(client, "order-select", order_select))
+
+    store = state_of(app).store
+    assert store.card(warning["uuid"])["topic"] == "cyclobenzaprine", "the card is recorded, by its codes"
+    assert "summary" not in store.card(warning["uuid"])
+    assert leaked(database_bytes(store.path)) == []
+    assert leaked(log_output.getvalue().encode()) == []
+    with sqlite3.connect(store.path) as db:
+        assert [row[1] for row in db.execute("PRAGMA table_info(issued_suggestion)")] == ["uuid", "card_uuid"]
+        assert db.execute("SELECT count(*) FROM issued_suggestion WHERE uuid = ?", (plan["suggestions"][0]["uuid"],)).fetchone()[0] == 1
+
+
+def test_a_comment_is_kept_only_as_its_length(app, log_output):
+    warning, plan = warning_and_plan(app)
+    reason = warning["overrideReasons"][0]
+    items = [{"card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:02:00Z",
+              "overrideReason": {"reason": reason, "userComment": COMMENT}},
+             {"card": plan["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:02:01Z",
+              "acceptedSuggestions": [{"id": plan["suggestions"][0]["uuid"]}], "overrideReason": {"userComment": COMMENT}}]
+    answer = app.test_client().post(FEEDBACK, json={"feedback": items})
+    assert answer.status_code == 200 and answer.get_json() == {"received": 2, "stored": 2}
+
+    store = state_of(app).store
+    overridden, accepted = store.feedback(warning["uuid"]) + store.feedback(plan["uuid"])
+    assert (overridden["override_code"], overridden["override_display"], overridden["comment_length"]) == \
+        (reason["code"], reason["display"], len(COMMENT))
+    assert accepted["comment_length"] == len(COMMENT) and accepted["card_known"] == 1
+    assert leaked(database_bytes(store.path)) == []
+    assert leaked(log_output.getvalue().encode()) == []
+
+
+# -- a database made by the previous version -------------------------------------------------------------------------
+
+
+def _write_unflushed(path: str) -> None:
+    """A process that commits feedback and dies without closing the database: the row is left in the WAL only."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("INSERT INTO feedback (service_id, card_uuid, outcome, user_comment, outcome_timestamp, received_at, card_known)"
+               " VALUES (?, 'old-card', 'overridden', ?, '2026-11-20T09:00:00Z', '2026-11-20T09:00:01.000Z', 1)", (PATIENT_VIEW, COMMENT))
+    os._exit(0)
+
+
+def previous_version_database(path: Path) -> None:
+    """A database as the previous version left it: a card naming the drug, its labelled suggestion, feedback with comments
+    (one in the database file, one still in the WAL of a killed worker)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(PREVIOUS_SCHEMA)
+        db.execute("INSERT INTO issued_card VALUES ('old-card', ?, 'patient-view', 'hook-1', 'cyclobenzaprine', 'cyclobenzaprine',"
+                   " 'warning', ?, '2026-11-19T08:00:00.000Z')", (PATIENT_VIEW, f"Serotonin syndrome risk: cyclobenzaprine with {DRUG}"))
+        db.execute("INSERT INTO issued_suggestion VALUES ('old-suggestion', 'old-card', ?)", (f"Stop {DRUG}",))
+        db.execute("INSERT INTO feedback (service_id, card_uuid, outcome, accepted_suggestions, override_system, override_code,"
+                   " override_display, user_comment, outcome_timestamp, received_at, card_known)"
+                   " VALUES (?, 'old-card', 'overridden', NULL, 'http://example.org/reasons', 'benefit', 'Benefit outweighs risk', ?,"
+                   " '2026-11-19T08:05:00Z', '2026-11-19T08:05:01.000Z', 1)", (PATIENT_VIEW, COMMENT))
+        db.execute("INSERT INTO feedback (service_id, card_uuid, outcome, accepted_suggestions, outcome_timestamp, received_at, card_known)"
+                   " VALUES (?, 'old-card', 'accepted', '[\"old-suggestion\"]', '2026-11-19T08:06:00Z', '2026-11-19T08:06:01.000Z', 1)",
+                   (PATIENT_VIEW,))
+    worker = multiprocessing.get_context("fork").Process(target=_write_unflushed, args=(str(path),))
+    worker.start()
+    worker.join(30)
+    assert Path(f"{path}-wal").stat().st_size > 0 and leaked(database_bytes(path)), "the old database holds the text"
+
+
+def test_a_database_of_the_previous_version_keeps_its_feedback_and_loses_the_text(tmp_path):
+    path = tmp_path / "service" / "cds.sqlite"
+    previous_version_database(path)
+    app = make_app(tmp_path / "service")
+    store = state_of(app).store
+
+    rows = store.feedback("old-card")
+    assert [(r["id"], r["outcome"], r["comment_length"], r["override_code"], r["action_id"]) for r in rows] == [
+        (1, "overridden", len(COMMENT), "benefit", "cyclobenzaprine"),
+        (2, "accepted", None, None, "cyclobenzaprine"),
+        (3, "overridden", len(COMMENT), None, "cyclobenzaprine")]
+    assert store.card("old-card") == {"uuid": "old-card", "service_id": PATIENT_VIEW, "hook": "patient-view", "hook_instance": "hook-1",
+                                      "action_id": "cyclobenzaprine", "topic": "cyclobenzaprine", "indicator": "warning",
+                                      "issued_at": "2026-11-19T08:00:00.000Z"}
+    assert leaked(database_bytes(path)) == []
+
+    warning, _ = warning_and_plan(app)
+    late = {"card": "old-card", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
+    new = {"card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z",
+           "overrideReason": {"userComment": COMMENT}}
+    answer = app.test_client().post(FEEDBACK, json={"feedback": [late, new]})
+    assert answer.status_code == 200 and answer.get_json()["stored"] == 2
+    assert [r["id"] for r in store.feedback()] == [1, 2, 3, 4, 5], "ids go on from the old sequence"
+    assert all(r["card_known"] == 1 for r in store.feedback())
+    assert leaked(database_bytes(path)) == []
+
+
+def test_opening_an_upgraded_database_again_changes_nothing(tmp_path):
+    path = tmp_path / "cds.sqlite"
+    previous_version_database(path)
+    FeedbackStore(path)
+    before = sqlite3.connect(path).execute("SELECT sql FROM sqlite_schema ORDER BY name").fetchall()
+    store = FeedbackStore(path)
+    assert sqlite3.connect(path).execute("SELECT sql FROM sqlite_schema ORDER BY name").fetchall() == before
+    assert len(store.feedback()) == 3
