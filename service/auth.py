@@ -128,23 +128,37 @@ class ReplayCache:
     """
 
     SCHEMA = "CREATE TABLE IF NOT EXISTS seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (iss, jti));"
+    #: Seconds between two purges of expired ids by one process (each on the first token id recorded after that time).
+    PURGE_INTERVAL_SECONDS = 60
 
     def __init__(self, path: str):
         from service.feedback import SqliteFile  # the stores' one way of writing SQLite
 
         self.path = path
         self._database = SqliteFile(path, self.SCHEMA)
+        self._last_purge: float | None = None
+        self._purge_lock = threading.Lock()
 
     def first_use(self, iss: str, jti: str, exp: int, now: float) -> bool:
-        """Record the token id; False if it was already used. Expired ids are cleared now and then."""
+        """Record the token id; False if it was already used. Ids whose token has expired (leeway included: such a
+        token is refused before its id is looked up) are deleted in the same write, at most once a minute per process."""
+        purge = self._purge_due(now)
 
         def record(db: sqlite3.Connection) -> bool:
-            inserted = db.execute("INSERT OR IGNORE INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 1
-            if inserted and int(now) % 64 == 0:
+            if purge:
                 db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
-            return inserted
+            return db.execute("INSERT OR IGNORE INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 1
 
         return self._database.write(record, "token id")
+
+    def _purge_due(self, now: float) -> bool:
+        """Whether this process's purge of expired ids is due at ``now`` (claimed, so that one thread runs it)."""
+        with self._purge_lock:
+            last = self._last_purge
+            if last is not None and 0 <= now - last < self.PURGE_INTERVAL_SECONDS:
+                return False
+            self._last_purge = now
+            return True
 
 
 class Authenticator:

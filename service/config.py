@@ -29,7 +29,8 @@ class Settings:
     """Everything the service can be told."""
 
     content_dir: str | None = None            #: protocol content folder (default: the packaged protocol)
-    database: str = "back-spasm-cds.sqlite"   #: SQLite file for issued cards and feedback
+    database: str = "back-spasm-cds.sqlite"   #: SQLite file for issued cards and feedback (created 0600)
+    retention_days: int = 90                  #: days issued cards and feedback are kept before they are deleted (0: for ever)
     request_budget: float = 3.0               #: seconds a hook call may spend fetching missing prefetch
     max_body_bytes: int = 5 * 1024 * 1024     #: largest request body accepted (413 above)
     max_pages: int = 10                       #: searchset pages followed per query
@@ -83,6 +84,8 @@ class Settings:
             raise ConfigError("request_budget must be a positive number of seconds")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        if isinstance(self.retention_days, bool) or not isinstance(self.retention_days, int) or self.retention_days < 0:
+            raise ConfigError("retention_days must be a whole number of days, 0 to keep issued cards and feedback for ever")
         if self.max_pages < 1 or self.fetch_workers < 1 or self.threads < 1 or self.workers < 0:
             raise ConfigError("max_pages, fetch_workers and threads must be at least 1, workers at least 0")
         if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):

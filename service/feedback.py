@@ -13,6 +13,9 @@ What each table keeps:
 
 A database made by an earlier version, which kept summaries, labels and comments, is upgraded when the store opens it:
 those columns are dropped (their freed space overwritten with zeros) and every card, suggestion and feedback row is kept.
+
+Nothing is kept for ever: cards (with their suggestions) issued, and feedback received, more than ``retention_days``
+ago are deleted by the first write of each hour in each process (see FeedbackStore).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service.cards import IssuedCard
+from service.config import Settings
 from service.errors import BadRequest, ServiceError
 
 log = logging.getLogger("back_spasm_cds.feedback")
@@ -69,6 +73,9 @@ TABLES = {
 }
 INDEXES = """
 CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
+CREATE INDEX IF NOT EXISTS feedback_received ON feedback(received_at);
+CREATE INDEX IF NOT EXISTS issued_card_time ON issued_card(issued_at);
+CREATE INDEX IF NOT EXISTS issued_suggestion_card ON issued_suggestion(card_uuid);
 """
 SCHEMA = "".join(f"CREATE TABLE IF NOT EXISTS {name} {columns};\n" for name, columns in TABLES.items()) + INDEXES
 
@@ -364,11 +371,24 @@ class SqliteFile:
         return StorageUnavailable(f"the database cannot take the {what} now; send it again later")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: Days cards and feedback are kept when the settings say nothing (Settings.retention_days); 0 keeps them for ever.
+DEFAULT_RETENTION_DAYS = Settings.retention_days
+#: One process purges at most this often: on its first write once this long has passed since its last purge.
+PURGE_INTERVAL = timedelta(hours=1)
+
+
+def _stamp(moment: datetime) -> str:
+    """A moment as the tables hold it: UTC, milliseconds, 'Z' (so that times compare as text)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utc_now() -> datetime:
+    """The wall clock, in UTC (the store's clock unless it is given another)."""
+    return datetime.now(timezone.utc)
 
 
 def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    """The names of a table's columns, in order (none for a table that does not exist)."""
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
@@ -405,10 +425,18 @@ class FeedbackStore:
 
     Writes are durable before they are acknowledged, and a database that stays locked or cannot be written gives
     StorageUnavailable (503), never a partial write (see SqliteFile).
+
+    Retention: the first write of a process, and its first write once PURGE_INTERVAL has passed since its last purge,
+    also deletes the cards issued (with their suggestions) and the feedback received more than ``retention_days`` before
+    ``clock()``. The purge runs inside that write's transaction, under the lock the write holds anyway, so it costs no
+    extra lock or sync; it is a savepoint of its own, so a purge that fails is logged and undone and the write goes on.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, clock: Callable[[], datetime] | None = None):
         self.path = str(path)
+        self.clock = clock or _utc_now  #: when rows are stamped and purged
+        self._last_purge: datetime | None = None
+        self._purge_lock = threading.Lock()
         self._database = SqliteFile(self.path, SCHEMA)
         self._upgrade()
 
@@ -425,13 +453,70 @@ class FeedbackStore:
         log.warning("database upgraded: columns that could hold patient text dropped",
                     extra={"fields": {"event": "database-upgraded", "tables": upgraded, "wal_emptied": not busy}})
 
-    def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> None:
+    def _write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool, retention_days: int) -> Result:
+        """``work`` in one write transaction (SqliteFile.write), preceded by the retention purge when one is due."""
+        cutoff = self._purge_cutoff(retention_days)
+        purged: dict[str, int] = {}
+
+        def run(db: sqlite3.Connection) -> Result:
+            purged.clear()
+            if cutoff is not None:
+                purged.update(self._purge_safely(db, cutoff))
+            return work(db)
+
+        result = self._database.write(run, what, durable=durable)
+        if any(purged.values()):
+            log.info("records past their retention deleted", extra={"fields": {"event": "database-purge", "before": cutoff, **purged}})
+        return result
+
+    def _purge_cutoff(self, retention_days: int) -> str | None:
+        """The time before which rows go, when this process's purge is due (claimed, so one thread runs it); else None.
+        A clock that went back is taken as due, so a purge is never put off for long."""
+        if retention_days <= 0:
+            return None
+        now = self.clock()
+        with self._purge_lock:
+            last = self._last_purge
+            if last is not None and timedelta(0) <= now - last < PURGE_INTERVAL:
+                return None
+            self._last_purge = now
+        return _stamp(now - timedelta(days=retention_days))
+
+    def _purge_safely(self, db: sqlite3.Connection, cutoff: str) -> dict[str, int]:
+        """_purge in a savepoint: on an SQLite error it is undone and logged, and the caller's write goes on."""
+        db.execute("SAVEPOINT retention")
+        try:
+            purged = self._purge(db, cutoff)
+        except sqlite3.Error as exc:
+            try:
+                db.execute("ROLLBACK TO retention")
+                db.execute("RELEASE retention")
+            except sqlite3.Error:
+                raise exc from None
+            log.error("records past their retention not deleted", extra={"fields": {"event": "database-purge-failed",
+                                                                                     "error": type(exc).__name__}})
+            return {}
+        db.execute("RELEASE retention")
+        return purged
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, cutoff: str) -> dict[str, int]:
+        """Delete the cards issued before ``cutoff`` with their suggestions, and the feedback received before it."""
+        suggestions = db.execute("DELETE FROM issued_suggestion WHERE card_uuid IN (SELECT uuid FROM issued_card WHERE issued_at < ?)",
+                                 (cutoff,)).rowcount
+        cards = db.execute("DELETE FROM issued_card WHERE issued_at < ?", (cutoff,)).rowcount
+        feedback = db.execute("DELETE FROM feedback WHERE received_at < ?", (cutoff,)).rowcount
+        return {"cards": cards, "suggestions": suggestions, "feedback": feedback}
+
+    def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard], *,
+                     retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
         """Remember the cards of one response (and their suggestions); not synced on its own (a power cut may lose the
-        latest), since the clinician has the cards whatever happens to this record."""
+        latest), since the clinician has the cards whatever happens to this record. Rows older than ``retention_days``
+        may be purged in the same write."""
         cards = list(cards)
         if not cards:
             return
-        issued_at = _now()
+        issued_at = _stamp(self.clock())
         card_rows = [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, issued_at) for c in cards]
         suggestion_rows = [(s_uuid, c.uuid) for c in cards for s_uuid in c.suggestions]
 
@@ -440,25 +525,27 @@ class FeedbackStore:
                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
             db.executemany("INSERT OR IGNORE INTO issued_suggestion (uuid, card_uuid) VALUES (?, ?)", suggestion_rows)
 
-        self._database.write(insert, "record of the issued cards", durable=False)
+        self._write(insert, "record of the issued cards", False, retention_days)
 
-    def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard]) -> bool:
+    def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard], *,
+                            retention_days: int = DEFAULT_RETENTION_DAYS) -> bool:
         """record_cards, but a database failure is logged, not raised: the clinician still gets the cards."""
         try:
-            self.record_cards(service_id, hook, hook_instance, cards)
+            self.record_cards(service_id, hook, hook_instance, cards, retention_days=retention_days)
         except (sqlite3.Error, StorageUnavailable) as exc:
             log.error("issued cards not recorded", extra={"fields": {"event": "database-error", "error": type(exc).__name__}})
             return False
         return True
 
-    def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
+    def record_feedback(self, service_id: str, items: Iterable[FeedbackItem], *, retention_days: int = DEFAULT_RETENTION_DAYS) -> int:
         """Store feedback items; the same item sent twice is kept once. Returns how many were new.
 
         All items are stored in one transaction, synced to disk before this returns; StorageUnavailable (503) when
-        the database cannot take them, and then none of them is stored.
+        the database cannot take them, and then none of them is stored. Rows older than ``retention_days`` may be
+        purged in the same write.
         """
         items = list(items)
-        received = _now()
+        received = _stamp(self.clock())
 
         def insert(db: sqlite3.Connection) -> int:
             new = 0
@@ -473,7 +560,7 @@ class FeedbackStore:
                 new += cursor.rowcount
             return new
 
-        return self._database.write(insert, "feedback")
+        return self._write(insert, "feedback", True, retention_days)
 
     def feedback(self, card_uuid: str | None = None) -> list[dict[str, Any]]:
         """Stored feedback (all, or for one card), with the card it concerns."""

@@ -90,7 +90,7 @@ def call_service(service_id: str) -> Response:
         more, records = builder.cards(result)
         cards.extend(more)
         issued.extend(records)
-    state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], issued)
+    state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], issued, retention_days=state.settings.retention_days)
     g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
                  "cards_ms": (time.monotonic() - applied) * 1000}
     g.cards = len(cards)
@@ -100,8 +100,9 @@ def call_service(service_id: str) -> Response:
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
-    """Feedback on cards: stored durably, answered 200."""
+    """Feedback on cards: stored durably (a comment only as its length), answered 200."""
     service = _service(service_id)
     items = parse_feedback(read_json_body(request))
-    stored = _state().store.record_feedback(service.id, items)
+    state = _state()
+    stored = state.store.record_feedback(service.id, items, retention_days=state.settings.retention_days)
     return jsonify({"received": len(items), "stored": stored})

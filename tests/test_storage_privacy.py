@@ -5,7 +5,8 @@ The record holds a drug whose text is distinctive ("Zyxolamine 99 mg", coded as 
 names it in a card's summary); the feedback carries a comment naming a person. The tests read the database, its
 WAL and shared-memory files as raw bytes, and every log line the service wrote, and look for those strings. A
 database made by the previous version (which kept summaries, labels and comments) is opened and must keep its
-rows and lose the text.
+rows and lose the text. Nothing is kept for ever: with the store's clock moved past the retention, old cards,
+suggestions, feedback and token ids are deleted, and the service goes on answering.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from service import state_of
-from service.feedback import FeedbackStore
+from service.auth import ReplayCache
+from service.config import ConfigError, Settings
+from service.feedback import FeedbackItem, FeedbackStore, parse_feedback
 from service.logs import JsonFormatter
-from tests.patients import RXNORM, Patient
+from tests.patients import CLOCK, RXNORM, Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
 
 DRUG = "Zyxolamine 99 mg"
@@ -202,3 +206,133 @@ def test_opening_an_upgraded_database_again_changes_nothing(tmp_path):
     store = FeedbackStore(path)
     assert sqlite3.connect(path).execute("SELECT sql FROM sqlite_schema ORDER BY name").fetchall() == before
     assert len(store.feedback()) == 3
+
+
+# -- retention ----------------------------------------------------------------------------------------------------
+
+
+class MovableClock:
+    """The store's clock, set by the test."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def visit(app, hours_later: float = 0) -> tuple[dict, dict]:
+    """A patient-view call for a new patient and feedback on both its cards: (warning, plan)."""
+    warning, plan = warning_and_plan(app)
+    stamp = (CLOCK + timedelta(hours=hours_later)).isoformat().replace("+00:00", "Z")
+    items = [{"card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": stamp},
+             {"card": plan["uuid"], "outcome": "accepted", "outcomeTimestamp": stamp, "acceptedSuggestions": [{"id": plan["suggestions"][0]["uuid"]}]}]
+    answer = app.test_client().post(FEEDBACK, json={"feedback": items})
+    assert answer.status_code == 200 and answer.get_json()["stored"] == 2
+    return warning, plan
+
+
+def test_cards_suggestions_and_feedback_older_than_the_retention_are_deleted(app, log_output):
+    store = state_of(app).store
+    clock = store.clock = MovableClock(datetime(2026, 1, 1, 9, 0, tzinfo=timezone.utc))
+    old_warning, old_plan = visit(app)
+    clock.now += timedelta(days=60)
+    recent_warning, recent_plan = visit(app, 1)
+    assert store.feedback(old_warning["uuid"]) and store.card(old_plan["uuid"]), "60 days are inside the 90 kept"
+
+    clock.now += timedelta(days=31)
+    new_warning, new_plan = visit(app, 2)
+    for card in (old_warning, old_plan):
+        assert store.card(card["uuid"]) is None and store.feedback(card["uuid"]) == []
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM issued_suggestion WHERE uuid = ?", (old_plan["suggestions"][0]["uuid"],)).fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM issued_suggestion WHERE card_uuid NOT IN (SELECT uuid FROM issued_card)").fetchone()[0] == 0
+    for card in (recent_warning, recent_plan, new_warning, new_plan):
+        assert store.card(card["uuid"]) is not None and store.feedback(card["uuid"])[0]["card_known"] == 1
+    purges = [line for line in log_output.getvalue().splitlines() if '"database-purge"' in line]
+    assert len(purges) == 1 and '"feedback":2' in purges[0] and '"cards":2' in purges[0]
+
+
+def item(card: str) -> list[FeedbackItem]:
+    """One checked feedback item on a card."""
+    return parse_feedback({"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]})
+
+
+def test_the_purge_runs_on_the_first_write_of_each_hour(tmp_path):
+    clock = MovableClock(CLOCK)
+    store = FeedbackStore(tmp_path / "cds.sqlite", clock=clock)
+    store.record_feedback(PATIENT_VIEW, item("c-1"))
+    with sqlite3.connect(store.path) as db:
+        db.execute("INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, received_at, card_known)"
+                   " VALUES (?, 'ancient', 'accepted', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00.000Z', 0)", (PATIENT_VIEW,))
+    clock.now += timedelta(minutes=59)
+    store.record_feedback(PATIENT_VIEW, item("c-2"))
+    assert store.feedback("ancient"), "no second purge within the hour"
+    clock.now += timedelta(minutes=2)
+    store.record_feedback(PATIENT_VIEW, item("c-3"))
+    assert store.feedback("ancient") == [] and len(store.feedback()) == 3
+
+
+def test_retention_days_0_keeps_everything(tmp_path):
+    app = make_app(tmp_path, retention_days=0)
+    store = state_of(app).store
+    clock = store.clock = MovableClock(CLOCK)
+    warning, _ = visit(app)
+    clock.now += timedelta(days=3650)
+    visit(app, 1)
+    assert store.card(warning["uuid"]) is not None and store.feedback(warning["uuid"])
+
+
+def test_the_retention_setting_is_used(tmp_path):
+    app = make_app(tmp_path, retention_days=7)
+    store = state_of(app).store
+    clock = store.clock = MovableClock(CLOCK)
+    warning, _ = visit(app)
+    clock.now += timedelta(days=6)
+    visit(app, 1)
+    assert store.card(warning["uuid"]) is not None
+    clock.now += timedelta(days=2)
+    visit(app, 2)
+    assert store.card(warning["uuid"]) is None and store.feedback(warning["uuid"]) == []
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "90", True])
+def test_a_retention_that_is_not_a_whole_number_of_days_stops_the_service(value, tmp_path):
+    with pytest.raises(ConfigError, match="retention_days"):
+        Settings.load(environ={}, overrides={"database": str(tmp_path / "cds.sqlite"), "retention_days": value})
+    assert Settings.load(environ={"BACK_SPASM_CDS_RETENTION_DAYS": "30"}).retention_days == 30
+
+
+def test_a_purge_that_fails_fails_no_request(app, log_output, monkeypatch):
+    def broken(db, cutoff):
+        db.execute("DELETE FROM issued_card")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(FeedbackStore, "_purge", staticmethod(broken))
+    store = state_of(app).store
+    store.clock = MovableClock(CLOCK)
+    warning, plan = visit(app)
+    assert store.card(warning["uuid"]) is not None, "the purge's own work was undone, the cards recorded"
+    assert store.feedback(warning["uuid"]) and store.feedback(plan["uuid"])
+    assert '"database-purge-failed"' in log_output.getvalue()
+
+
+def test_expired_token_ids_are_deleted_at_most_once_a_minute(tmp_path):
+    path = tmp_path / "cds.sqlite"
+    cache = ReplayCache(str(path))
+    t0 = int(CLOCK.timestamp())
+    iss = "https://ehr.example.org"
+
+    def kept() -> list[str]:
+        with sqlite3.connect(path) as db:
+            return sorted(row[0] for row in db.execute("SELECT jti FROM seen_jti"))
+
+    assert cache.first_use(iss, "expires-first", t0 + 100, t0)
+    assert cache.first_use(iss, "expires-next", t0 + 180, t0 + 1)
+    assert cache.first_use(iss, "a", t0 + 3000, t0 + 200)
+    assert kept() == ["a", "expires-next"], "expired (60 s leeway past) and deleted"
+    assert cache.first_use(iss, "b", t0 + 3000, t0 + 250)
+    assert "expires-next" in kept(), "expired too, but the last purge was less than a minute ago"
+    assert cache.first_use(iss, "c", t0 + 3000, t0 + 261)
+    assert kept() == ["a", "b", "c"]
+    assert not cache.first_use(iss, "a", t0 + 3000, t0 + 262), "a live id is still refused"
