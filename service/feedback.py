@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -262,6 +263,47 @@ def _backoff(attempt: int) -> float:
     return FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
 
 
+#: The database file and its -wal and -shm files are the service user's alone: they hold what clinicians did with cards.
+FILE_MODE = 0o600
+#: The files SQLite keeps beside the database in WAL mode (made with the database file's mode).
+COMPANION_SUFFIXES = ("-wal", "-shm")
+
+
+def private_file(path: str) -> None:
+    """Create the database file with FILE_MODE before SQLite opens it (SQLite gives the -wal and -shm files it creates the
+    database file's mode), and take group and other access away from database files made with wider permissions (by an
+    earlier version or by hand), logging each file tightened. A path where no file can be made is left for SQLite's own
+    error; a file whose mode cannot be changed is logged and used."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError:
+        return
+    else:
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+    for name in (path, *(path + suffix for suffix in COMPANION_SUFFIXES)):
+        _tighten(name)
+
+
+def _tighten(name: str) -> None:
+    """FILE_MODE for a regular file readable or writable by group or others; nothing for others, or a missing file."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) or not mode & 0o077:
+        return
+    fields = {"event": "database-permissions", "file": name, "mode": oct(mode & 0o777)}
+    try:
+        os.chmod(name, FILE_MODE)
+    except OSError as exc:
+        log.error("database file readable by other users and its mode cannot be changed", extra={"fields": {**fields, "error": type(exc).__name__}})
+        return
+    log.warning("database file was readable by other users: mode set to 0600", extra={"fields": {**fields, "now": oct(FILE_MODE)}})
+
+
 class SqliteFile:
     """One SQLite file shared by the threads of a process (a connection each) and by several worker processes.
 
@@ -277,7 +319,8 @@ class SqliteFile:
     for a database that cannot be written at all, it is rolled back and refused with StorageUnavailable.
 
     The constructor opens the constructing thread's connection, so that a database that cannot be opened stops the
-    service at start. Worker processes forked after it (gunicorn preloads the application) open their own.
+    service at start. Worker processes forked after it (gunicorn preloads the application) open their own. Before each
+    connection is opened, the files are made the service user's alone (see private_file).
     """
 
     def __init__(self, path: str, schema: str):
@@ -312,6 +355,8 @@ class SqliteFile:
             db.close()
 
     def _open(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            private_file(self.path)
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=True)
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

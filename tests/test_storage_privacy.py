@@ -6,7 +6,8 @@ names it in a card's summary); the feedback carries a comment naming a person. T
 WAL and shared-memory files as raw bytes, and every log line the service wrote, and look for those strings. A
 database made by the previous version (which kept summaries, labels and comments) is opened and must keep its
 rows and lose the text. Nothing is kept for ever: with the store's clock moved past the retention, old cards,
-suggestions, feedback and token ids are deleted, and the service goes on answering.
+suggestions, feedback and token ids are deleted, and the service goes on answering. The files are the service
+user's alone (0600), whatever the umask, and files left readable by others are tightened at start.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -72,9 +77,9 @@ def app(tmp_path):
     return make_app(tmp_path / "service")
 
 
-@pytest.fixture
-def log_output(app):
-    """Every record the service logs from here on (all levels), as the JSON lines it writes."""
+@contextmanager
+def captured_log() -> Iterator[io.StringIO]:
+    """Every record logged meanwhile, the service's and any library's (all levels), as the JSON lines the service writes."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -83,10 +88,19 @@ def log_output(app):
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
-    yield stream
-    for logger, level in zip(loggers, levels):
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    try:
+        yield stream
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+@pytest.fixture
+def log_output(app):
+    """What the service logs from here on."""
+    with captured_log() as stream:
+        yield stream
 
 
 def warning_and_plan(app) -> tuple[dict, dict]:
@@ -336,3 +350,60 @@ def test_expired_token_ids_are_deleted_at_most_once_a_minute(tmp_path):
     assert cache.first_use(iss, "c", t0 + 3000, t0 + 261)
     assert kept() == ["a", "b", "c"]
     assert not cache.first_use(iss, "a", t0 + 3000, t0 + 262), "a live id is still refused"
+
+
+# -- file modes ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_umask():
+    """The umask of a service started from a usual shell (022: new files readable by everyone)."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def modes(path: Path) -> dict[str, str]:
+    """The permission bits of the database file and of its -wal and -shm files."""
+    return {f"{path.name}{suffix}": oct(stat.S_IMODE(Path(f"{path}{suffix}").stat().st_mode)) for suffix in ("", "-wal", "-shm")}
+
+
+def in_new_thread(fn):
+    """Run ``fn`` in a fresh thread, which opens its own database connection (as a new server thread would)."""
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join(30)
+    return out[0]
+
+
+def test_the_database_and_its_wal_and_shm_files_are_created_0600(tmp_path, open_umask):
+    app = make_app(tmp_path)
+    visit(app)
+    path = Path(state_of(app).store.path)
+    assert modes(path) == dict.fromkeys(modes(path), "0o600")
+
+
+def test_a_database_file_recreated_while_serving_is_0600(tmp_path, open_umask):
+    app = make_app(tmp_path)
+    path = Path(state_of(app).store.path)
+    for name in tmp_path.glob("cds.sqlite*"):
+        name.unlink()
+    assert in_new_thread(lambda: app.test_client().get("/readyz")).status_code == 200
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == "0o600"
+
+
+def test_files_readable_by_others_are_tightened_at_start_and_logged_once(tmp_path, open_umask):
+    first = make_app(tmp_path)
+    visit(first)
+    path = Path(state_of(first).store.path)
+    for name in modes(path):
+        (tmp_path / name).chmod(0o644)
+    with captured_log() as log:
+        app = make_app(tmp_path)
+        assert modes(path) == dict.fromkeys(modes(path), "0o600")
+        visit(app)
+        in_new_thread(lambda: visit(app))
+    tightened = [line for line in log.getvalue().splitlines() if '"database-permissions"' in line]
+    assert len(tightened) == 3 and all('"mode":"0o644"' in line for line in tightened), tightened
+    assert sorted(name for name in modes(path) for line in tightened if f'{name}"' in line) == sorted(modes(path))
