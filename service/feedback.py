@@ -87,12 +87,20 @@ DERIVED_COLUMNS = {"feedback": {"comment_length": ("user_comment", "length(user_
 
 
 #: The most feedback items one request may carry, and the most accepted suggestions one item may name.
-MAX_ITEMS = 1000
+MAX_ITEMS = 100
 MAX_SUGGESTIONS = 100
-#: Longest text accepted in each stored field (characters): ids are UUIDs in practice, codes and systems are short,
-#: a clinician's comment is a few sentences. Anything longer is not feedback on a card of this service.
-MAX_LENGTH = {"card": 256, "suggestion id": 256, "outcomeTimestamp": 64, "system": 2048, "code": 256, "display": 1024,
+#: Longest text accepted in each field (characters): card and suggestion ids are this service's UUIDs, systems, codes and
+#: displays those of its override-reason ValueSets, a clinician's comment (never stored) a few sentences. Anything
+#: longer is not feedback on a card of this service.
+MAX_LENGTH = {"card": 128, "suggestion id": 128, "outcomeTimestamp": 64, "system": 256, "code": 128, "display": 256,
               "userComment": 10_000}
+#: The most characters one request's feedback may add to the table, all stored fields of all items together, so that
+#: no request adds more than a few hundred kilobytes with the indexes (a feedback item is usually under 200).
+MAX_STORED_CHARACTERS = 64 * 1024
+#: The most cards of one response recorded, and the most suggestions recorded of each: a call with thousands of draft
+#: orders gets all its cards, but adds a bounded record (feedback on a card not recorded is kept, with card_known 0).
+MAX_RECORDED_CARDS = 100
+MAX_RECORDED_SUGGESTIONS = 10
 
 
 @dataclass
@@ -124,7 +132,18 @@ def parse_feedback(body: Any) -> list[FeedbackItem]:
             items.append(item)
     if problems:
         raise BadRequest("invalid feedback", details=problems)
+    size = sum(_stored_size(item) for item in items)
+    if size > MAX_STORED_CHARACTERS:
+        raise BadRequest(f"feedback would store {size} characters; at most {MAX_STORED_CHARACTERS} are accepted in one request "
+                         "(send the items in several requests)")
     return items
+
+
+def _stored_size(item: FeedbackItem) -> int:
+    """How many characters an item adds to the feedback table (its stored text fields)."""
+    reason = item.reason or {}
+    accepted = len(json.dumps(item.accepted)) if item.accepted else 0
+    return len(item.card) + len(item.outcome) + len(item.timestamp) + accepted + sum(len(v) for v in reason.values())
 
 
 def _item(raw: Any, where: str, problems: list[str]) -> FeedbackItem | None:
@@ -555,15 +574,21 @@ class FeedbackStore:
 
     def record_cards(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard], *,
                      retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
-        """Remember the cards of one response (and their suggestions); not synced on its own (a power cut may lose the
-        latest), since the clinician has the cards whatever happens to this record. Rows older than ``retention_days``
-        may be purged in the same write."""
+        """Remember the cards of one response (and their suggestions), at most MAX_RECORDED_CARDS of them and
+        MAX_RECORDED_SUGGESTIONS suggestions of each; not synced on its own (a power cut may lose the latest), since the
+        clinician has the cards whatever happens to this record. Rows older than ``retention_days`` may be purged in the
+        same write."""
         cards = list(cards)
         if not cards:
             return
+        if len(cards) > MAX_RECORDED_CARDS or any(len(c.suggestions) > MAX_RECORDED_SUGGESTIONS for c in cards):
+            log.warning("issued cards recorded in part", extra={"fields": {
+                "event": "cards-recorded-in-part", "cards": len(cards), "suggestions": sum(len(c.suggestions) for c in cards),
+                "most_cards": MAX_RECORDED_CARDS, "most_suggestions_per_card": MAX_RECORDED_SUGGESTIONS}})
+            cards = cards[:MAX_RECORDED_CARDS]
         issued_at = _stamp(self.clock())
         card_rows = [(c.uuid, service_id, hook, hook_instance, c.action_id, c.topic, c.indicator, issued_at) for c in cards]
-        suggestion_rows = [(s_uuid, c.uuid) for c in cards for s_uuid in c.suggestions]
+        suggestion_rows = [(s_uuid, c.uuid) for c in cards for s_uuid in c.suggestions[:MAX_RECORDED_SUGGESTIONS]]
 
         def insert(db: sqlite3.Connection) -> None:
             db.executemany("INSERT OR IGNORE INTO issued_card (uuid, service_id, hook, hook_instance, action_id, topic, indicator, issued_at)"

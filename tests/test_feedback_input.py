@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import state_of
-from service.feedback import MAX_ITEMS, MAX_LENGTH, MAX_SUGGESTIONS
+from service.feedback import MAX_ITEMS, MAX_LENGTH, MAX_STORED_CHARACTERS, MAX_SUGGESTIONS
 from tests.patients import SERTRALINE, Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
 
@@ -168,6 +168,22 @@ def test_too_many_items_or_suggestions_are_refused(app, client, cards):
     answer = post(client, [dict(accepted(cards), acceptedSuggestions=suggestions)])
     assert answer.status_code == 400 and "feedback[0].acceptedSuggestions" in outcome_diagnostics(answer)
     assert len(rows(app)) == before
+
+
+def test_a_request_that_would_add_more_than_the_cap_to_the_table_is_refused(app, client, cards):
+    """Items and suggestion ids each within their limits, but together more than one request may store."""
+    def item(i: int, suggestions: int) -> dict:
+        return dict(accepted(cards), outcomeTimestamp=f"2026-11-25T11:{i // 60:02d}:{i % 60:02d}Z",
+                    acceptedSuggestions=[{"id": f"{i:04d}-{n:03d}-" + "s" * 27} for n in range(suggestions)])
+
+    before = len(rows(app))
+    answer = post(client, [item(i, MAX_SUGGESTIONS) for i in range(MAX_ITEMS)])
+    assert answer.status_code == 400 and f"at most {MAX_STORED_CHARACTERS}" in outcome_diagnostics(answer)
+    assert len(rows(app)) == before
+    answer = post(client, [item(i, MAX_SUGGESTIONS) for i in range(10)])
+    assert answer.status_code == 200 and answer.get_json()["stored"] == 10
+    stored = sum(len(r["card_uuid"] + r["outcome"] + r["outcome_timestamp"] + r["accepted_suggestions"]) for r in rows(app)[before:])
+    assert MAX_STORED_CHARACTERS // 2 < stored <= MAX_STORED_CHARACTERS
 
 
 def test_optional_fields_given_as_null_are_left_out(app, client, cards):

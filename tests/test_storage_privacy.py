@@ -29,10 +29,11 @@ import pytest
 from service import state_of
 from service.auth import ReplayCache
 from service.config import ConfigError, Settings
-from service.feedback import FeedbackItem, FeedbackStore, parse_feedback
+from service.cards import IssuedCard
+from service.feedback import MAX_RECORDED_CARDS, MAX_RECORDED_SUGGESTIONS, FeedbackItem, FeedbackStore, parse_feedback
 from service.logs import JsonFormatter
-from tests.patients import CLOCK, RXNORM, Patient
-from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
+from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient
+from tests.service_helpers import ORDER_SIGN, PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
 
 DRUG = "Zyxolamine 99 mg"
 COMMENT = "Mrs Quillfeather of 12 Larkspur Row refused; her daughter agrees"
@@ -53,6 +54,12 @@ CREATE TABLE IF NOT EXISTS feedback (
     UNIQUE (service_id, card_uuid, outcome, outcome_timestamp));
 CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
 """
+
+
+def count(path: str | Path, table: str) -> int:
+    """How many rows a table of the database holds."""
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def database_bytes(path: str | Path) -> bytes:
@@ -148,6 +155,32 @@ def test_a_comment_is_kept_only_as_its_length(app, log_output):
     assert accepted["comment_length"] == len(COMMENT) and accepted["card_known"] == 1
     assert leaked(database_bytes(store.path)) == []
     assert leaked(log_output.getvalue().encode()) == []
+
+
+# -- sizes -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_call_with_many_draft_orders_gets_all_its_cards_and_adds_a_bounded_record(app, log_output):
+    patient = Patient(70)
+    patient.spasm(20)
+    patient.medication(SERTRALINE)
+    drafts = [patient.draft_medication(CYCLOBENZAPRINE_10) for _ in range(40)]
+    cards = cards_of(app.test_client(), "order-sign", hook_body(app, "order-sign", patient, drafts))
+    assert len(cards) > MAX_RECORDED_CARDS
+    store = state_of(app).store
+    assert count(store.path, "issued_card") == MAX_RECORDED_CARDS
+    assert store.card(cards[0]["uuid"]) is not None and store.card(cards[-1]["uuid"]) is None
+    late = {"card": cards[-1]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:05:00Z"}
+    assert app.test_client().post(f"/cds-services/{ORDER_SIGN}/feedback", json={"feedback": [late]}).status_code == 200
+    assert store.feedback(cards[-1]["uuid"])[0]["card_known"] == 0, "feedback on a card not recorded is still kept"
+    assert '"cards-recorded-in-part"' in log_output.getvalue()
+
+
+def test_at_most_so_many_suggestions_of_a_card_are_recorded(tmp_path):
+    store = FeedbackStore(tmp_path / "cds.sqlite")
+    store.record_cards(PATIENT_VIEW, "patient-view", "hook-1",
+                       [IssuedCard("card-1", "action", "topic", "info", [f"s-{n}" for n in range(3 * MAX_RECORDED_SUGGESTIONS)])])
+    assert count(store.path, "issued_suggestion") == MAX_RECORDED_SUGGESTIONS
 
 
 # -- a database made by the previous version -------------------------------------------------------------------------
