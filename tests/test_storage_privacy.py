@@ -129,10 +129,10 @@ def test_record_text_on_cards_reaches_neither_the_database_nor_the_log(app, log_
     assert DRUG in str(cards_of(client, "order-select", order_select))
 
     store = state_of(app).store
-    assert store.card(warning["uuid"])["topic"] == "cyclobenzaprine", "the card is recorded, by its codes"
-    assert "summary" not in store.card(warning["uuid"])
     assert leaked(database_bytes(store.path)) == []
     assert leaked(log_output.getvalue().encode()) == []
+    assert store.card(warning["uuid"])["topic"] == "cyclobenzaprine", "the card is recorded, by its codes"
+    assert "summary" not in store.card(warning["uuid"])
     with sqlite3.connect(store.path) as db:
         assert [row[1] for row in db.execute("PRAGMA table_info(issued_suggestion)")] == ["uuid", "card_uuid"]
         assert db.execute("SELECT count(*) FROM issued_suggestion WHERE uuid = ?", (plan["suggestions"][0]["uuid"],)).fetchone()[0] == 1
@@ -149,12 +149,12 @@ def test_a_comment_is_kept_only_as_its_length(app, log_output):
     assert answer.status_code == 200 and answer.get_json() == {"received": 2, "stored": 2}
 
     store = state_of(app).store
+    assert leaked(database_bytes(store.path)) == []
+    assert leaked(log_output.getvalue().encode()) == []
     overridden, accepted = store.feedback(warning["uuid"]) + store.feedback(plan["uuid"])
     assert (overridden["override_code"], overridden["override_display"], overridden["comment_length"]) == \
         (reason["code"], reason["display"], len(COMMENT))
     assert accepted["comment_length"] == len(COMMENT) and accepted["card_known"] == 1
-    assert leaked(database_bytes(store.path)) == []
-    assert leaked(log_output.getvalue().encode()) == []
 
 
 # -- sizes -----------------------------------------------------------------------------------------------------------
