@@ -456,6 +456,11 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
 
 
+def _outdated(db: sqlite3.Connection, table: str) -> bool:
+    """The table still has a column an earlier version kept (DROPPED_COLUMNS)."""
+    return any(column in _columns(db, table) for column in DROPPED_COLUMNS.get(table, ()))
+
+
 def upgrade_tables(db: sqlite3.Connection) -> list[str]:
     """Rebuild, inside the caller's write transaction, every table that still has a column of DROPPED_COLUMNS; the names
     of the tables rebuilt (none for a database of this version).
@@ -467,9 +472,9 @@ def upgrade_tables(db: sqlite3.Connection) -> list[str]:
     """
     upgraded = []
     for table, columns in TABLES.items():
-        existing = _columns(db, table)
-        if not any(column in existing for column in DROPPED_COLUMNS.get(table, ())):
+        if not _outdated(db, table):
             continue
+        existing = _columns(db, table)
         db.execute(f"CREATE TABLE {table}__upgraded {columns}")
         wanted = _columns(db, f"{table}__upgraded")
         derived = DERIVED_COLUMNS.get(table, {})
@@ -509,7 +514,10 @@ class FeedbackStore:
 
     def _upgrade(self) -> None:
         """Bring a database made by an earlier version to this schema, keeping its rows (see upgrade_tables); then move
-        the rewritten pages into the database file and empty the WAL, so the dropped text is left in neither."""
+        the rewritten pages into the database file and empty the WAL, so the dropped text is left in neither. A database
+        of this version is only read (no write lock is taken)."""
+        if not any(_outdated(self._connection(), table) for table in TABLES):
+            return
         upgraded = self._database.write(upgrade_tables, "schema upgrade")
         if not upgraded:
             return

@@ -245,6 +245,19 @@ def test_a_database_of_the_previous_version_keeps_its_feedback_and_loses_the_tex
     assert leaked(database_bytes(path)) == []
 
 
+def test_a_database_of_this_version_opens_while_another_process_holds_the_write_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr("service.feedback.BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "cds.sqlite"
+    FeedbackStore(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert FeedbackStore(path).ready()
+    finally:
+        other.rollback()
+        other.close()
+
+
 def test_opening_an_upgraded_database_again_changes_nothing(tmp_path):
     path = tmp_path / "cds.sqlite"
     previous_version_database(path)
