@@ -12,24 +12,30 @@ The engine has a local time zone (``Engine(..., timezone="UTC")``, an IANA name;
 ``apply_activity`` can override it per call): dates without a time are read as days of that zone, by the
 FHIRPath expressions (``EvaluationContext.timezone``: today(), lowBoundary(), comparisons ...) and by the
 dateFilters of data requirements (the record gets the clock in that zone).
+
+The work of a call can be bounded by its caller: ``max_resources`` refuses a record of more resources
+(TooMuchData, before anything is evaluated), and a ``Deadline`` is checked before every expression, every
+retrieve and every 16 items of the FHIRPath iterations (ApplyTimeout: the call gives no result at all).
+Both are given per call, so the engine keeps no clock and no setting of its own.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
 from protocol.activity import RequestContext, UnsupportedKind, drop_unreferenced_contained, new_request
 from protocol.content import Content
-from protocol.fhirpath import (CompiledExpression, EvaluationContext, Evaluator, FhirPathEvaluationError, default_evaluator,
-                               time_zone)
+from protocol.fhirpath import (CompiledExpression, EvaluationContext, EvaluationTimeout, Evaluator, FhirPathEvaluationError,
+                               default_evaluator, time_zone)
 from protocol.jsondata import copy_json
 from protocol.logic import STANDARD_VARIABLES, variables_of
 from protocol.paths import PathError, PathPlan, plan_path
-from protocol.record import Record
+from protocol.record import Record, RecordTooLarge
 
 Json = dict[str, Any]
 APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
@@ -41,6 +47,39 @@ COPIED = ("prefix", "title", "description", "textEquivalent", "priority", "code"
 
 class ApplyError(ValueError):
     """The call cannot be made (unknown PlanDefinition or ActivityDefinition, no subject)."""
+
+
+class TooMuchData(ApplyError):
+    """The record holds more resources than the call allows (``max_resources``); nothing was evaluated."""
+
+    def __init__(self, count: int, limit: int):
+        super().__init__(f"the record holds {count} resources, more than the {limit} allowed")
+        self.count = count
+        self.limit = limit
+
+
+class ApplyTimeout(ApplyError):
+    """The call's deadline passed before it was done; there is no partial result."""
+
+    def __init__(self) -> None:
+        super().__init__("the time allowed for $apply has passed")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a call must give up: a reading of ``clock`` (by default ``time.monotonic``) not to be reached."""
+
+    at: float
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
+        """The deadline ``seconds`` from now on the clock."""
+        return cls(clock() + seconds, clock)
+
+    def passed(self) -> bool:
+        """True once the clock has reached the deadline."""
+        return self.clock() >= self.at
 
 
 # ---------------------------------------------------------------------------------- compiled content
@@ -171,6 +210,7 @@ class Scope:
         self._busy.add(name)
         try:
             if kind == "retrieve":
+                self.session.check_deadline()
                 value = [self.session.node(r) for r in self.session.record.retrieve(definition)]
             else:
                 value = self.session.evaluate(definition, self)
@@ -222,16 +262,23 @@ class Session:
     """One $apply call: the record, the clock, the scopes and the issues found on the way."""
 
     def __init__(self, engine: "Engine", record: Record, now: datetime, parameters: Mapping[str, Any] | None = None,
-                 zone: tzinfo | None = None):
+                 zone: tzinfo | None = None, deadline: Deadline | None = None):
         self.engine = engine
         self.record = record
         self.now = now
         self.parameters = parameters or {}
         self.libraries: set[str] = set()
         self.issues: list[Issue] = []
+        self.deadline = deadline
         self.context = EvaluationContext(now=now, member_of=engine.content.terminology.member_of, resolve=record.resolve,
-                                         timezone=zone if zone is not None else engine.timezone)
+                                         timezone=zone if zone is not None else engine.timezone,
+                                         expired=deadline.passed if deadline is not None else None)
         self._nodes: dict[int, Any] = {}
+
+    def check_deadline(self) -> None:
+        """Stop the call (EvaluationTimeout, which the FHIRPath evaluators let through) once its deadline has passed."""
+        if self.deadline is not None and self.deadline.passed():
+            raise EvaluationTimeout("the time allowed for $apply has passed")
 
     def node(self, resource: Mapping[str, Any]) -> Any:
         key = id(resource)
@@ -244,6 +291,7 @@ class Session:
 
     def evaluate(self, compiled: Compiled, scope: Scope, extra: Mapping[str, list] | None = None) -> list:
         """Evaluate, computing each variable only if the expression reaches it; an error is reported and gives an empty result."""
+        self.check_deadline()
         try:
             return compiled.expression(ScopeView(scope, extra), self.context)
         except FhirPathEvaluationError as exc:
@@ -404,15 +452,21 @@ class Engine:
 
     # -- applying ---------------------------------------------------------------------------------------
     def _session(self, data: Any, now: datetime, subject: str, encounter: str | None, practitioner: str | None,
-                 parameters: Mapping[str, Any] | None, timezone: str | tzinfo | None = None) -> tuple[Session, Scope, RequestContext]:
+                 parameters: Mapping[str, Any] | None, timezone: str | tzinfo | None = None, max_resources: int | None = None,
+                 deadline: Deadline | None = None) -> tuple[Session, Scope, RequestContext]:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ApplyError("the clock must be timezone-aware")
         zone = self.timezone if timezone is None else time_zone(timezone)
         if not subject:
             raise ApplyError("a subject is required")
         parameter_resources = [v for v in (parameters or {}).values() if v is not None]
-        record = Record.from_data([data, parameter_resources], self.content.terminology, now.astimezone(zone), subject)
-        session = Session(self, record, now, parameters, zone)
+        try:
+            record = Record.from_data([data, parameter_resources], self.content.terminology, now.astimezone(zone), subject,
+                                      max_resources=max_resources)
+        except RecordTooLarge as exc:
+            raise TooMuchData(exc.count, exc.limit) from None
+        session = Session(self, record, now, parameters, zone, deadline)
+        session.check_deadline()
         if record.ignored:
             session.report("information", "informational", _ignored_message(record.ignored))
         for outcome in record.outcomes:
@@ -448,36 +502,48 @@ class Engine:
 
     def apply(self, plan_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
               practitioner: str | None = None, organization: str | None = None,
-              parameters: Mapping[str, Any] | None = None, timezone: str | tzinfo | None = None) -> ApplyResult:
+              parameters: Mapping[str, Any] | None = None, timezone: str | tzinfo | None = None,
+              max_resources: int | None = None, deadline: Deadline | None = None) -> ApplyResult:
         """PlanDefinition/$apply: the applicable actions of the plan for this subject, data and clock.
 
         ``timezone`` overrides the engine's local time zone for this call (an IANA name or a tzinfo).
+        ``max_resources``: a record of more resources (Bundles flattened, contained resources not counted) is
+        refused with TooMuchData; ``deadline``: when it passes, the call stops with ApplyTimeout.
         """
         plan = self.plan(plan_reference)
-        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone)
-        for library in plan.libraries:
-            self._define_library(root, library, parameters)
-        root.define_value("context", [session.node(plan.resource)])
-        scope = root.child()
-        for name, compiled in plan.variables:
-            scope.define_variable(name, compiled)
-        actions = self._apply_actions(plan.actions, scope, request, False)
+        try:
+            session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone,
+                                                   max_resources, deadline)
+            for library in plan.libraries:
+                self._define_library(root, library, parameters)
+            root.define_value("context", [session.node(plan.resource)])
+            scope = root.child()
+            for name, compiled in plan.variables:
+                scope.define_variable(name, compiled)
+            actions = self._apply_actions(plan.actions, scope, request, False)
+        except EvaluationTimeout:
+            raise ApplyTimeout() from None
         author = request.practitioner or (f"Organization/{organization}" if organization and "/" not in organization else organization)
         return ApplyResult(plan.resource, request.subject or "", request.encounter, author, now, actions, session.issues,
                            session.record.ignored)
 
     def apply_activity(self, activity_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
                        practitioner: str | None = None, parameters: Mapping[str, Any] | None = None,
-                       timezone: str | tzinfo | None = None) -> tuple[Json | None, list[Issue]]:
+                       timezone: str | tzinfo | None = None, max_resources: int | None = None,
+                       deadline: Deadline | None = None) -> tuple[Json | None, list[Issue]]:
         """ActivityDefinition/$apply: the request resource of the definition's kind, dynamicValues applied.
 
-        ``timezone`` overrides the engine's local time zone for this call (an IANA name or a tzinfo).
+        ``timezone``, ``max_resources`` and ``deadline`` as for ``apply``.
         """
         activity = self.activity(activity_reference)
-        session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone)
-        for library in activity.libraries:
-            self._define_library(root, library, parameters)
-        resource = self._make_request(activity, root.child(), request, [], [], "ActivityDefinition/$apply")
+        try:
+            session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone,
+                                                   max_resources, deadline)
+            for library in activity.libraries:
+                self._define_library(root, library, parameters)
+            resource = self._make_request(activity, root.child(), request, [], [], "ActivityDefinition/$apply")
+        except EvaluationTimeout:
+            raise ApplyTimeout() from None
         return resource, session.issues
 
     # -- actions ----------------------------------------------------------------------------------------
@@ -599,4 +665,5 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-__all__ = ["Engine", "ApplyError", "ApplyResult", "AppliedAction", "Issue", "canonical_of", "new_id", "STANDARD_VARIABLES"]
+__all__ = ["Engine", "ApplyError", "ApplyResult", "ApplyTimeout", "AppliedAction", "Deadline", "Issue", "TooMuchData", "canonical_of",
+           "new_id", "STANDARD_VARIABLES"]

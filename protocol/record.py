@@ -7,6 +7,10 @@ with pydantic: the hot path stays on dicts.
 Only the subject's data is indexed (PROTOCOL.md §1, "Only this patient's data"): when the record is built for a
 subject, a resource whose ``subject`` or ``patient`` names another patient, and any other Patient, is left out
 before any rule can see it (neither by type nor by reference), and only counted (``ignored``).
+
+A caller may bound the size of a record (``max_resources``): more resources than that, counted after Bundles are
+flattened (every entry, other patients' and OperationOutcomes included; contained resources are part of their
+container), is a RecordTooLarge before anything is indexed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from typing import Any
 from protocol.terminology import Terminology, codes_of, concept_in, index_codes, split_canonical
 
 
+class RecordTooLarge(ValueError):
+    """The data holds more resources than the record may (``count`` of them, ``limit`` allowed)."""
+
+    def __init__(self, count: int, limit: int):
+        super().__init__(f"{count} resources, more than the {limit} allowed")
+        self.count = count
+        self.limit = limit
+
+
 class Record:
     """Resources of one patient, deduplicated by ``Type/id``, with the lookups the engine needs.
 
@@ -26,7 +39,7 @@ class Record:
     """
 
     def __init__(self, resources: Iterable[Mapping[str, Any]], terminology: Terminology, now: datetime | None = None,
-                 subject: str | None = None):
+                 subject: str | None = None, max_resources: int | None = None):
         self.terminology = terminology
         self.now = now
         self.by_type: dict[str, list[Mapping[str, Any]]] = {}
@@ -38,6 +51,8 @@ class Record:
         self._ignored: set[str] = set()
         self._ignored_anonymous = 0
         items = list(_flatten(resources))
+        if max_resources is not None and len(items) > max_resources:
+            raise RecordTooLarge(len(items), max_resources)
         scope = SubjectScope(subject, patient_full_urls(items)) if subject else None
         for resource, full_url in items:
             if scope is not None and scope.excludes(resource):
@@ -46,10 +61,11 @@ class Record:
                 self._add(resource, full_url)
 
     @classmethod
-    def from_data(cls, data: Any, terminology: Terminology, now: datetime | None = None, subject: str | None = None) -> "Record":
+    def from_data(cls, data: Any, terminology: Terminology, now: datetime | None = None, subject: str | None = None,
+                  max_resources: int | None = None) -> "Record":
         """Build from any mix of resources, Bundles, lists and CDS Hooks prefetch mappings; with a subject,
-        other patients' resources are left out."""
-        return cls(_as_items(data), terminology, now, subject)
+        other patients' resources are left out; more than ``max_resources`` resources is a RecordTooLarge."""
+        return cls(_as_items(data), terminology, now, subject, max_resources)
 
     @property
     def ignored(self) -> int:

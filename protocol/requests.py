@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.engine import ApplyError, Engine
+from protocol.engine import ApplyError, Deadline, Engine
 from protocol.record import SubjectScope, entries_of, patient_full_urls
 
 ORDER_HOOKS = ("order-select", "order-sign")
@@ -21,7 +21,7 @@ ORDER_HOOKS = ("order-select", "order-sign")
 
 @dataclass
 class ApplyCall:
-    """One PlanDefinition/$apply to run for a request."""
+    """One PlanDefinition/$apply to run for a request, with the bounds of its work (see Engine.apply)."""
 
     plan: str
     subject: str
@@ -29,6 +29,8 @@ class ApplyCall:
     encounter: str | None = None
     practitioner: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    max_resources: int | None = None
+    deadline: Deadline | None = None
 
     @property
     def draft_order(self) -> Mapping[str, Any] | None:
@@ -82,9 +84,11 @@ def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any
     return drafts
 
 
-def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = None, data: list[Any] | None = None) -> list[ApplyCall]:
+def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = None, data: list[Any] | None = None, *,
+                   max_resources: int | None = None, deadline: Deadline | None = None) -> list[ApplyCall]:
     """The $apply calls for a CDS Hooks request: one per PlanDefinition (or only ``plan``), and per reviewed
-    order on the order hooks. ``data`` replaces the prefetch values when the caller completed them."""
+    order on the order hooks. ``data`` replaces the prefetch values when the caller completed them.
+    ``max_resources`` bounds the record of each call, ``deadline`` all of them together."""
     hook = body.get("hook")
     context = body.get("context") or {}
     subject = context.get("patientId")
@@ -95,7 +99,8 @@ def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = N
         prefetch = body.get("prefetch") or {}
         data = [value for value in prefetch.values() if value is not None]
     check_draft_subjects(subject, drafts, [data, context.get("draftOrders")])
-    common = {"subject": subject, "data": list(data) + drafts, "encounter": context.get("encounterId"), "practitioner": context.get("userId")}
+    common = {"subject": subject, "data": list(data) + drafts, "encounter": context.get("encounterId"), "practitioner": context.get("userId"),
+              "max_resources": max_resources, "deadline": deadline}
     calls = []
     plans = [engine.plan(plan)] if plan else engine.plans_for_hook(hook)
     for plan in plans:
@@ -127,6 +132,7 @@ def is_hook_request(data: Any) -> bool:
 
 
 def run_calls(engine: Engine, calls: Iterable[ApplyCall], now: Any) -> list[Any]:
-    """Apply each call; the results in call order."""
-    return [engine.apply(c.plan, c.data, now, c.subject, encounter=c.encounter, practitioner=c.practitioner, parameters=c.parameters)
+    """Apply each call; the results in call order (TooMuchData or ApplyTimeout from any call stops them all)."""
+    return [engine.apply(c.plan, c.data, now, c.subject, encounter=c.encounter, practitioner=c.practitioner, parameters=c.parameters,
+                         max_resources=c.max_resources, deadline=c.deadline)
             for c in calls]

@@ -33,6 +33,8 @@ class Settings:
     retention_days: int = 90                  #: days issued cards and feedback are kept before they are deleted (0: for ever)
     request_budget: float = 3.0               #: seconds a hook call may spend fetching missing prefetch
     max_body_bytes: int = 5 * 1024 * 1024     #: largest request body accepted (413 above)
+    max_resources: int = 20000                #: most resources a request's record may hold, Bundles flattened (413 above)
+    apply_time_limit: float = 5.0             #: seconds the protocol may take to apply to one request (503 after)
     max_pages: int = 10                       #: searchset pages followed per query
     prefetch_url_limit: int = 2048            #: longest prefetch template; longer code lists are dropped from it
     fetch_workers: int = 4                    #: parallel FHIR requests when prefetch is missing
@@ -84,6 +86,10 @@ class Settings:
             raise ConfigError("request_budget must be a positive number of seconds")
         if self.max_body_bytes < 1024:
             raise ConfigError("max_body_bytes must be at least 1024")
+        if self.max_resources < 1:
+            raise ConfigError("max_resources must be at least 1")
+        if not 0 < self.apply_time_limit < float("inf"):
+            raise ConfigError("apply_time_limit must be a positive number of seconds")
         if isinstance(self.retention_days, bool) or not isinstance(self.retention_days, int) or self.retention_days < 0:
             raise ConfigError("retention_days must be a whole number of days, 0 to keep issued cards and feedback for ever")
         if self.max_pages < 1 or self.fetch_workers < 1 or self.threads < 1 or self.workers < 0:

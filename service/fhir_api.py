@@ -17,10 +17,11 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from protocol.content import TYPE_ORDER
-from protocol.engine import ApplyError
+from protocol.engine import ApplyError, Deadline
 from protocol.output import bundle_r5, careplan_r4
 from service.errors import BadRequest, NotFound, ServiceError
 from service.hook_request import read_json_body
+from service.hooks import bounded_work_error
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 FHIR_JSON = "application/fhir+json"
@@ -282,15 +283,22 @@ def _now() -> datetime:
     return _state().clock()
 
 
+def _bounds() -> dict[str, Any]:
+    """The bounds of one $apply's work from the settings (max_resources, apply_time_limit from now)."""
+    settings = _state().settings
+    return {"max_resources": settings.max_resources, "deadline": Deadline.after(settings.apply_time_limit)}
+
+
 def _apply(rid: str | None, r5: bool) -> Response:
     parameters = _parameters()
     reference = _plan_reference(rid, parameters)
     inputs = _apply_inputs(parameters)
     try:
         result = _state().engine.apply(reference, inputs["data"], _now(), inputs["subject"], encounter=inputs["encounter"],
-                                       practitioner=inputs["practitioner"], organization=inputs["organization"], parameters=inputs["parameters"])
+                                       practitioner=inputs["practitioner"], organization=inputs["organization"], parameters=inputs["parameters"],
+                                       **_bounds())
     except ApplyError as exc:
-        raise BadRequest(str(exc)) from None
+        raise bounded_work_error(exc, _state().settings) or BadRequest(str(exc)) from None
     if r5:
         return fhir({"resourceType": "Parameters", "parameter": [{"name": "return", "resource": bundle_r5(result)}]})
     return fhir(careplan_r4(result))
@@ -326,9 +334,9 @@ def apply_activity(rid: str) -> Response:
     inputs = _apply_inputs(_parameters())
     try:
         resource, issues = _state().engine.apply_activity(rid, inputs["data"], _now(), inputs["subject"], encounter=inputs["encounter"],
-                                                          practitioner=inputs["practitioner"], parameters=inputs["parameters"])
+                                                          practitioner=inputs["practitioner"], parameters=inputs["parameters"], **_bounds())
     except ApplyError as exc:
-        raise BadRequest(str(exc)) from None
+        raise bounded_work_error(exc, _state().settings) or BadRequest(str(exc)) from None
     if resource is None:
         raise ServiceError("the ActivityDefinition produced no resource", status=422, details=[i.diagnostics for i in issues])
     return fhir(resource)

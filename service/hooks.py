@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -10,8 +11,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol.requests import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
 from service.cards import CardBuilder, response
-from protocol.engine import ApplyError
-from service.errors import BadRequest, NotFound
+from protocol.engine import ApplyError, ApplyTimeout, Deadline, TooMuchData
+from service.errors import BadRequest, NotFound, ServiceError
 from service.feedback import parse_feedback
 from service.hook_request import check_hook_request, normalise_request, read_json_body
 from service.prefetch import gather
@@ -60,6 +61,23 @@ def discovery() -> Response:
     return jsonify({"services": [s.discovery() for s in _state().services.values()]})
 
 
+def bounded_work_error(exc: ApplyError, settings: Any) -> ServiceError | None:
+    """The answer to a request the engine refused for its size or stopped for its time, None for another ApplyError.
+
+    More resources than ``max_resources``: 413 naming the setting and the count. Over ``apply_time_limit``: 503 with
+    Retry-After and no card at all (a half-applied protocol is never answered). Both name the setting, never the data.
+    """
+    if isinstance(exc, TooMuchData):
+        return ServiceError(f"the request's data holds {exc.count} resources, more than the max_resources setting allows "
+                            f"({exc.limit})", status=413)
+    if isinstance(exc, ApplyTimeout):
+        error = ServiceError(f"applying the protocol took longer than the apply_time_limit setting allows "
+                             f"({settings.apply_time_limit:g} s)", status=503)
+        error.headers = {"Retry-After": str(max(1, math.ceil(settings.apply_time_limit)))}
+        return error
+    return None
+
+
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     """A hook call: check the request, complete the prefetch, apply the plan, answer with cards."""
@@ -79,10 +97,11 @@ def call_service(service_id: str) -> Response:
     g.prefetch = report
     fetched = time.monotonic()
     try:
-        calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data)
+        calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data,
+                               max_resources=state.settings.max_resources, deadline=Deadline.after(state.settings.apply_time_limit))
         results = run_calls(state.engine, calls, state.clock())
     except ApplyError as exc:
-        raise BadRequest(f"the request cannot be applied: {exc}") from None
+        raise bounded_work_error(exc, state.settings) or BadRequest(f"the request cannot be applied: {exc}") from None
     applied = time.monotonic()
     builder = CardBuilder(state.engine.content, state.page_url)
     cards, issued = [], []
