@@ -291,7 +291,8 @@ class Session:
 
     def evaluate(self, compiled: Compiled, scope: Scope, extra: Mapping[str, list] | None = None) -> list:
         """Evaluate, computing each variable only if the expression reaches it; an error is reported and gives an empty result."""
-        self.check_deadline()
+        if self.deadline is not None:
+            self.check_deadline()
         try:
             return compiled.expression(ScopeView(scope, extra), self.context)
         except FhirPathEvaluationError as exc:

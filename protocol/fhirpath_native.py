@@ -687,11 +687,9 @@ def _plain_key(item: Any) -> Any:
 
 
 def _contains_item(items: list, value: Any) -> bool:
-    """True if an item of the collection equals the value (as fhirpathpy's `==` on items)."""
-    for item in items:
-        if item is value or item == value:
-            return True
-    return False
+    """True if an item of the collection equals the value (as fhirpathpy's `==` on items): Python's ``in`` on a
+    list, which tests each item in order for being the value or ``item == value``."""
+    return value in items
 
 
 def _same(item: Any, value: Any) -> bool:
