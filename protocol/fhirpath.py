@@ -652,6 +652,8 @@ def _distinct_values(x: list) -> list:
 _INDEXED_FROM = 32
 #: intersect() and friends compare item by item while len(input) * len(argument) is at most this.
 _PAIRWISE_LIMIT = 256
+#: Lists an evaluation remembers for `in` and `contains` (see _searched_again).
+_SEARCHED_LISTS = 16
 
 
 class _NoKey(Exception):
@@ -756,14 +758,20 @@ def _searched_again(cache: dict, items: list, key: Callable[[Any], Any], equal: 
 
     Building the table costs about one search item by item, so it pays when the same list is searched many
     times (``%list`` tested in a where()): it is built the second time.  ``cache`` belongs to one evaluation
-    and holds the lists it has seen, so their ids are not reused meanwhile.
+    and holds the lists it remembers, so that their ids are not reused meanwhile; it remembers the
+    _SEARCHED_LISTS lists searched last only, so that lists made anew for each item of a where() are not all
+    kept alive.
     """
     if len(items) < _INDEXED_FROM:
         return None
-    entry = cache.get((id(items), equal))
+    name = (id(items), equal)
+    entry = cache.pop(name, None)
     if entry is None:
-        cache[(id(items), equal)] = [items, None]
+        if len(cache) >= _SEARCHED_LISTS:
+            del cache[next(iter(cache))]  # the list searched least recently
+        cache[name] = [items, None]
         return None
+    cache[name] = entry
     if entry[1] is None:
         entry[1] = _Membership(key, equal, items)
     return entry[1]

@@ -1022,3 +1022,16 @@ def test_a_deadline_passed_while_a_variable_is_computed_is_not_an_evaluation_err
             evaluator.compile(expression)(Expiring(v=[1]), semantics.make_ctx())
     with pytest.raises(fp.EvaluationTimeout):
         NATIVE.compile("%v.where($this > 0)")(Expiring(v=[1]), semantics.make_ctx())
+
+
+def test_an_evaluation_remembers_a_few_searched_lists_only():
+    cache: dict = {}
+    hot = [f"item-{i}" for i in range(100)]
+    for round_ in range(50):
+        fresh = [f"fresh-{round_}-{i}" for i in range(100)]  # a list made anew for each item of a where()
+        assert fp._searched_again(cache, fresh, fp._plain_member_key, fp._fp_in_list) is None
+        index = fp._searched_again(cache, hot, fp._plain_member_key, fp._fp_in_list)
+        assert (index is None) == (round_ == 0)
+        assert len(cache) <= fp._SEARCHED_LISTS
+    assert index.holds("item-7") and not index.holds("fresh-1-7")
+    assert fp._searched_again(cache, hot[:10], fp._plain_member_key, fp._fp_in_list) is None  # short: item by item
