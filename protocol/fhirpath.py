@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -584,11 +585,13 @@ def _distinct(ctx: dict, items: list) -> list:
     Values are told apart by their JSON text.  Within one evaluation the text of a given
     data object is computed once (chained unions such as ``%a | %b | %c`` see the same
     resources again); the data of a resource does not change while an expression runs.
+    The JSON text of a string (the common union of texts and codes) is written by the
+    encoder's string function directly, as json.dumps itself does for a string.
     """
-    if not items:
-        return []
     if not all(isinstance(item, ResourceNode) for item in items):
         return _distinct_values(items)
+    if len(items) < 2:
+        return list(items)
     keys = ctx.get(_JSON_KEYS)
     if keys is None:
         keys = ctx[_JSON_KEYS] = {}
@@ -596,12 +599,15 @@ def _distinct(ctx: dict, items: list) -> list:
     out = []
     for item in items:
         data = item.data
-        known = keys.get(id(data))
-        if known is not None and known[0] is data:
-            key = known[1]
+        if type(data) is str:
+            key = encode_basestring_ascii(data)
         else:
-            key = json.dumps(data, sort_keys=True, default=str)
-            keys[id(data)] = (data, key)  # holds data, so its id is not reused meanwhile
+            known = keys.get(id(data))
+            if known is not None and known[0] is data:
+                key = known[1]
+            else:
+                key = json.dumps(data, sort_keys=True, default=str)
+                keys[id(data)] = (data, key)  # holds data, so its id is not reused meanwhile
         if key not in seen:
             seen.add(key)
             out.append(item)
