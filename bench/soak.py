@@ -16,7 +16,7 @@ from its clock); the largest RSS of any gunicorn worker, sampled through the run
 every request that was not answered 200. Targets: no errors, every answer the same as single-client, worker RSS at
 most 150 MB.
 
-    python bench/soak.py [--clients 64] [--seconds 60] [--processes 4]
+    python bench/soak.py [--clients 64] [--seconds 60] [--processes 4] [--worker-class gevent|gthread]
 """
 
 from __future__ import annotations
@@ -219,12 +219,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, folder: Path, clients: Path) -> subprocess.Popen:
+def start_server(port: int, folder: Path, clients: Path, worker_class: str | None = None) -> subprocess.Popen:
     """``back-spasm-cds serve`` with its default gunicorn settings, production mode, its log in ``folder``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACK_SPASM_CDS_")}
     env.update(PYTHONPATH=str(ROOT), BACK_SPASM_CDS_DATABASE=str(folder / "soak.sqlite"), BACK_SPASM_CDS_TRUSTED_CLIENTS=str(clients),
                BACK_SPASM_CDS_MODE="production", BACK_SPASM_CDS_ALLOW_UNAUTHENTICATED="false",
                BACK_SPASM_CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+    if worker_class:
+        env["BACK_SPASM_CDS_WORKER_CLASS"] = worker_class
     with open(folder / "serve.log", "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                    cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -498,7 +500,7 @@ def summary(args: argparse.Namespace, tally: Tally, elapsed: float, rss: dict[in
     errors = {status: n for status, n in tally.statuses.items() if status != "200"}
     largest = max(rss.values(), default=0.0)
     return {
-        "clients": args.clients, "seconds": round(elapsed, 1), "requests": len(every),
+        "worker_class": args.worker_class or "default", "clients": args.clients, "seconds": round(elapsed, 1), "requests": len(every),
         "requests_per_second": round(len(every) / elapsed, 1) if elapsed else None,
         "by_kind": {kind: len(values) for kind, values in tally.latencies.items()},
         "errors": sum(errors.values()), "errors_by_status": errors,
@@ -541,13 +543,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent keep-alive clients (default 64)")
     parser.add_argument("--seconds", type=float, default=60, help="how long the clients send (default 60)")
     parser.add_argument("--processes", type=int, default=4, help="client processes the clients are spread over (default 4)")
+    parser.add_argument("--worker-class", choices=("gevent", "gthread"), default=None, help="the service's worker_class (default: its default)")
     args = parser.parse_args()
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         folder = Path(tmp)
         port = free_port()
-        server = start_server(port, folder, trusted_clients(key, folder))
+        server = start_server(port, folder, trusted_clients(key, folder), args.worker_class)
         try:
             signer = Signer(pem, f"http://127.0.0.1:{port}")
             scenario_list = scenarios(discovery(port, signer), datetime.now(timezone.utc))

@@ -139,6 +139,10 @@ class ReplayCache:
         self._last_purge: float | None = None
         self._purge_lock = threading.Lock()
 
+    def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
+        """Run every database call through ``offload`` (see SqliteFile.run_calls_with)."""
+        self._database.run_calls_with(offload)
+
     def first_use(self, iss: str, jti: str, exp: int, now: float) -> bool:
         """Record the token id; False if it was already used. Ids whose token has expired (leeway included: such a
         token is refused before its id is looked up) are deleted in the same write, at most once a minute per process."""

@@ -46,7 +46,9 @@ class Settings:
     log_level: str = "INFO"
     timezone: str = "UTC"                     #: local time zone (IANA name) in which dates without a time are read
     workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
-    threads: int = 4                          #: threads per worker
+    worker_class: str = "gevent"              #: gevent (a slow client holds a greenlet, not a thread) or gthread
+    worker_connections: int = 1000            #: gevent: connections per worker
+    threads: int = 4                          #: gthread: threads per worker
     sources: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)  #: where each setting came from
 
     @classmethod
@@ -96,6 +98,10 @@ class Settings:
             raise ConfigError("max_pages, fetch_workers and threads must be at least 1, workers at least 0")
         if self.public_base_url and not self.public_base_url.startswith(("http://", "https://")):
             raise ConfigError("public_base_url must be an http(s) URL")
+        if self.worker_class not in ("gevent", "gthread"):
+            raise ConfigError("worker_class must be gevent or gthread")
+        if self.worker_connections < 1:
+            raise ConfigError("worker_connections must be at least 1")
         if self.mode not in ("development", "production"):
             raise ConfigError("mode must be development or production")
         if self.mode == "production" and not self.trusted_clients:

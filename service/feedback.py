@@ -323,6 +323,10 @@ def _tighten(name: str) -> None:
     log.warning("database file was readable by other users: mode set to 0600", extra={"fields": {**fields, "now": oct(FILE_MODE)}})
 
 
+def _call(function: Callable[[], Any]) -> Any:
+    return function()
+
+
 class SqliteFile:
     """One SQLite file shared by the threads of a process (a connection each) and by several worker processes.
 
@@ -345,6 +349,7 @@ class SqliteFile:
     def __init__(self, path: str, schema: str):
         self.path = path
         self.schema = schema
+        self.offload: Callable[[Callable[[], Any]], Any] = _call  #: runs each database call (see run_calls_with)
         self._local = threading.local()
         self._inherited: list[sqlite3.Connection] = []
         if path != ":memory:":
@@ -394,7 +399,7 @@ class SqliteFile:
         attempt = 1
         while True:
             try:
-                return self._transaction(work, "FULL" if durable else "NORMAL")
+                return self.offload(lambda: self._transaction(work, "FULL" if durable else "NORMAL"))
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc) or attempt == WRITE_ATTEMPTS:
                     raise self._unavailable(what, exc, attempt) from None
@@ -405,6 +410,16 @@ class SqliteFile:
             log.info("database busy, write tried again", extra={"fields": {"event": "database-busy", "write": what, "attempt": attempt}})
             time.sleep(_backoff(attempt))
             attempt += 1
+
+    def read(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
+        """``work(connection)`` outside any write transaction (for reads)."""
+        return self.offload(lambda: work(self.connection()))
+
+    def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
+        """Run every database call through ``offload`` (a call taking a function and returning its result). Under gevent
+        it hands the call to a pool of real threads: SQLite blocks while it waits for a lock or syncs to disk, and would
+        otherwise stop every request of the worker; the pool's threads keep their connections from call to call."""
+        self.offload = offload
 
     def _transaction(self, work: Callable[[sqlite3.Connection], Result], synchronous: str) -> Result:
         db = self.connection()
@@ -642,30 +657,35 @@ class FeedbackStore:
 
     def feedback(self, card_uuid: str | None = None) -> list[dict[str, Any]]:
         """Stored feedback (all, or for one card), with the card it concerns."""
-        db = self._connection()
-        db.row_factory = sqlite3.Row
-        try:
-            query = ("SELECT f.*, c.action_id, c.topic, c.hook FROM feedback f LEFT JOIN issued_card c ON c.uuid = f.card_uuid"
-                     + (" WHERE f.card_uuid = ?" if card_uuid else "") + " ORDER BY f.id")
-            return [dict(row) for row in db.execute(query, (card_uuid,) if card_uuid else ())]
-        finally:
-            db.row_factory = None
+        query = ("SELECT f.*, c.action_id, c.topic, c.hook FROM feedback f LEFT JOIN issued_card c ON c.uuid = f.card_uuid"
+                 + (" WHERE f.card_uuid = ?" if card_uuid else "") + " ORDER BY f.id")
+        return self._database.read(lambda db: _rows(db, query, (card_uuid,) if card_uuid else ()))
 
     def card(self, card_uuid: str) -> dict[str, Any] | None:
-        db = self._connection()
-        db.row_factory = sqlite3.Row
-        try:
-            row = db.execute("SELECT * FROM issued_card WHERE uuid = ?", (card_uuid,)).fetchone()
-            return dict(row) if row else None
-        finally:
-            db.row_factory = None
+        rows = self._database.read(lambda db: _rows(db, "SELECT * FROM issued_card WHERE uuid = ?", (card_uuid,)))
+        return rows[0] if rows else None
+
+    def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
+        """Run every database call through ``offload`` (see SqliteFile.run_calls_with)."""
+        self._database.run_calls_with(offload)
 
     def ready(self) -> bool:
         """The database answers and holds its tables."""
-        try:
-            db = self._connection()
+        def probe(db: sqlite3.Connection) -> None:
             for table in ("issued_card", "issued_suggestion", "feedback"):
                 db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+
+        try:
+            self._database.read(probe)
         except sqlite3.Error:
             return False
         return True
+
+
+def _rows(db: sqlite3.Connection, query: str, parameters: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The rows of a query as dicts."""
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute(query, parameters)]
+    finally:
+        db.row_factory = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,7 +27,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.exceptions import BadRequest
 
-from service import create_app
+from service import create_app, state_of
 from service.config import Settings
 from service.errors import outcome
 
@@ -51,8 +52,10 @@ def error_bytes(status: int, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
-class JsonErrorWorker(ThreadWorker):
-    """gunicorn's threaded worker, answering the errors it raises itself with the service's JSON body."""
+class JsonErrors:
+    """For a gunicorn worker class: the errors gunicorn raises itself are answered with the service's JSON body."""
+
+    log: Any
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         status, message = next(((code, text) for kind, code, text in PARSER_ERROR_STATUS if isinstance(exc, kind)),
@@ -65,6 +68,18 @@ class JsonErrorWorker(ThreadWorker):
             client.sendall(error_bytes(status, message))
         except OSError:
             pass
+
+
+class JsonErrorWorker(JsonErrors, ThreadWorker):
+    """gunicorn's threaded worker (``worker_class: gthread``) with JSON error answers."""
+
+
+def gevent_worker() -> type:
+    """gunicorn's gevent worker (``worker_class: gevent``) with JSON error answers; imported only when used, as
+    importing it loads gevent."""
+    from gunicorn.workers.ggevent import GeventWorker
+
+    return type("JsonErrorGeventWorker", (JsonErrors, GeventWorker), {"__doc__": "gunicorn's gevent worker with JSON error answers."})
 
 
 class _CountingInput:
@@ -154,6 +169,28 @@ class _Gunicorn(BaseApplication):
         return guard_bodies(self._app, self._max_body_bytes)
 
 
+def _patch_for_gevent() -> None:
+    """Make sockets, locks, thread-locals and threads gevent's, before the application (and its locks, stores and
+    HTTP sessions) is built. Modules already imported keep working: they look these up when they use them."""
+    from gevent import monkey
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
+        monkey.patch_all()
+
+
+def _database_calls_in_threads(app: Any) -> None:
+    """Under gevent, SQLite's calls go to the worker's pool of real threads (see SqliteFile.run_calls_with)."""
+    import gevent
+
+    def in_thread(function: Callable[[], Any]) -> Any:
+        return gevent.get_hub().threadpool.apply(function)
+
+    state = state_of(app)
+    state.store.run_calls_with(in_thread)
+    state.auth.replay.run_calls_with(in_thread)
+
+
 def worker_count(settings: Settings) -> int:
     """Workers: as configured, else one per CPU core (the engine is CPU-bound; threads cover I/O waits)."""
     return settings.workers or max(1, os.cpu_count() or 1)
@@ -162,7 +199,11 @@ def worker_count(settings: Settings) -> int:
 def run(host: str, port: int, settings: Settings | None = None) -> None:
     """Start gunicorn on host:port with the application built once before forking."""
     settings = settings or Settings.load()
+    if settings.worker_class == "gevent":
+        _patch_for_gevent()
     app = create_app(settings)
+    if settings.worker_class == "gevent":
+        _database_calls_in_threads(app)
     # Everything loaded so far (compiled protocol, models) lives as long as the process: keep it out of the
     # garbage collector's scans, and shared copy-on-write between the forked workers.
     gc.collect()
@@ -170,8 +211,9 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
     options = {
         "bind": f"{host}:{port}",
         "workers": worker_count(settings),
-        "worker_class": JsonErrorWorker,
+        "worker_class": gevent_worker() if settings.worker_class == "gevent" else JsonErrorWorker,
         "threads": settings.threads,
+        "worker_connections": settings.worker_connections,
         "preload_app": True,
         "timeout": 30,
         "graceful_timeout": 10,

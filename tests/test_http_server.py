@@ -130,3 +130,50 @@ def test_a_chunked_hook_request_within_the_limit_is_answered_like_any_other(serv
     assert chunked_answer[0] == plain_answer[0] == 200
     cards = [without_uuids(json.loads(answer[2])["cards"]) for answer in (chunked_answer, plain_answer)]
     assert cards[0] == cards[1] and cards[0]
+
+
+def test_slow_clients_do_not_stop_the_service_and_are_cut_off(server):
+    """64 connections sending their request head a line every 2 s (no token needed to hold one): /healthz is still
+    answered at once on a new connection, and the service closes each slow connection itself (the head must arrive
+    within the keep-alive time)."""
+    import threading
+    import time
+    import urllib.request
+
+    stop = threading.Event()
+    closed: list[float] = []
+
+    def slow() -> None:
+        started = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(f"POST {SERVICE} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+                line = 0
+                while not stop.wait(2.0):
+                    sock.sendall(b"X-Slow-%d: x\r\n" % line)
+                    line += 1
+                    try:
+                        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                            break  # the service closed the connection
+                    except BlockingIOError:
+                        continue  # still open, nothing to read
+        except OSError:
+            pass  # reset by the service
+        closed.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=slow, daemon=True) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        for _ in range(5):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"{server.base}/healthz", timeout=2) as answer:
+                assert answer.status == 200
+            assert time.monotonic() - started < 1.0
+            time.sleep(0.5)
+        for thread in threads:
+            thread.join(15)
+    finally:
+        stop.set()
+    assert len(closed) == 64 and max(closed) < 12, "every slow connection was closed by the service"

@@ -69,10 +69,10 @@ def test_readyz_is_503_when_the_database_file_cannot_be_opened(app, tmp_path):
 def test_readyz_is_503_when_the_database_fails(app, monkeypatch):
     store = state_of(app).store
 
-    def broken():
+    def broken(call):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store, "_connection", broken)
+    monkeypatch.setattr(store._database, "offload", broken)
     answer = app.test_client().get("/readyz")
     assert answer.status_code == 503
     assert answer.get_json()["checks"]["database"] is False
