@@ -36,16 +36,20 @@ def authenticate() -> None:
     g.client = state.auth.authenticate(request.headers.get("Authorization"), audience)
 
 
-def _fhir_server(body: dict[str, Any]) -> dict[str, Any]:
-    """The request as the service may act on it: a fhirServer the client may not name is dropped with its token."""
+def _fhir_server(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The request as the service may act on it, and whether its fhirServer was refused.
+
+    A fhirServer the client may not name (not on its allow-list, http in production, any but loopback without a JWT)
+    is dropped with its token; the caller says so in a 412 if data was missing, and the log line marks it.
+    """
     server = body.get("fhirServer")
     if not server:
-        return body
+        return body, False
     server = fhir_base(server)
     if not _state().auth.fhir_server_allowed(g.get("client"), server):
         g.fhir_server_refused = True
-        return {k: v for k, v in body.items() if k not in ("fhirServer", "fhirAuthorization")}
-    return dict(body, fhirServer=server)
+        return {k: v for k, v in body.items() if k not in ("fhirServer", "fhirAuthorization")}, True
+    return dict(body, fhirServer=server), False
 
 
 def _service(service_id: str) -> Any:
@@ -93,7 +97,8 @@ def call_service(service_id: str) -> Response:
         check_draft_subjects(body["context"]["patientId"], drafts, [body.get("prefetch"), body["context"].get("draftOrders")])
     except ApplyError as exc:
         raise BadRequest(f"the request cannot be applied: {exc}") from None
-    data, report = gather(service.prefetch, _fhir_server(body), state.settings, started, state.http, drafts)
+    acting, refused = _fhir_server(body)
+    data, report = gather(service.prefetch, acting, state.settings, started, state.http, drafts, server_refused=refused)
     g.prefetch = report
     fetched = time.monotonic()
     try:

@@ -499,13 +499,15 @@ def _read_all(fetcher: FhirFetcher, queries: Mapping[str, str], workers: int) ->
 
 
 def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: Any, started: float,
-           session: requests.Session | None = None, drafts: list[Any] | None = None) -> tuple[list[Any], PrefetchReport]:
+           session: requests.Session | None = None, drafts: list[Any] | None = None,
+           server_refused: bool = False) -> tuple[list[Any], PrefetchReport]:
     """The data for a call: prefetch as sent, completed from fhirServer; 412 when something needed is missing.
 
     A supplied value that is an error outcome, holds one, or is only a first page counts as missing: it is read
     whole from fhirServer with its template. ``drafts`` (the hook's draft orders) are not returned, but a
     Medication they reference is fetched too. A 412 names each key and its query template, never a rendered URL.
-    Reading from fhirServer ends by ``started + request_budget`` whatever the server does.
+    Reading from fhirServer ends by ``started + request_budget`` whatever the server does. ``server_refused`` says
+    the request named a fhirServer the client may not name (the caller dropped it): a 412 then says so.
     """
     drafts = drafts or []
     report = PrefetchReport()
@@ -535,12 +537,15 @@ def gather(templates: Mapping[str, str], request: Mapping[str, Any], settings: A
         reasons[key] = problem
     server = request.get("fhirServer")
     if not server:
+        refused = "the request's fhirServer is not on the allow-list for this client, so it was not read"
         if missing:
-            raise PreconditionFailed("prefetch data missing or incomplete, and no fhirServer to read it from",
+            raise PreconditionFailed("prefetch data missing or incomplete, and "
+                                     + (refused if server_refused else "no fhirServer to read it from"),
                                      details=[f"{k} ({query_label(templates[k])}): {reasons[k]}" for k in sorted(missing)])
         unresolved = _unresolved_medications(data + drafts)
         if unresolved:
-            raise PreconditionFailed("orders reference medications that were not sent, and there is no fhirServer to read them from",
+            raise PreconditionFailed("orders reference medications that were not sent, and "
+                                     + (refused if server_refused else "there is no fhirServer to read them from"),
                                      details=sorted(unresolved))
         return data, report
     authorization = request.get("fhirAuthorization")

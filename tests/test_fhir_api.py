@@ -1,4 +1,5 @@
-"""The FHIR face of the protocol: metadata, read, search, $apply, $expand, the NPM package and push."""
+"""The FHIR face of the protocol: metadata, read, search, $apply, $expand, the NPM package and push; and the 412 for a
+fhirServer the service refuses to read."""
 
 from __future__ import annotations
 
@@ -357,3 +358,118 @@ def test_push_exits_1_when_the_server_refuses_or_answers_nonsense(httpserver, ca
 def test_push_to_an_unreachable_server_exits_1(capsys):
     assert main(["push", "--fhir-server", "http://127.0.0.1:9/fhir"]) == 1
     assert "could not be reached" in capsys.readouterr().err
+
+
+# -- a fhirServer the service refuses to read ----------------------------------------------------------------------
+
+REFUSED = "the request's fhirServer is not on the allow-list for this client, so it was not read"
+CDS_BASE = "https://cds.example.org"
+EHR = "https://ehr.example.org"
+PATIENT_VIEW_SERVICE = f"{PATHWAY}-patient-view"
+
+
+@pytest.fixture
+def access_log():
+    """The service's log lines (JSON) written while the test runs."""
+    import io
+    import logging
+
+    from service.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("back_spasm_cds")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def ehr_key():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _production_client(engine, tmp_path, key):
+    """A production service trusting one EHR, whose allow-list is its own https FHIR base."""
+    import jwt
+
+    public = {**jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "alg": "ES256"}
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps({"clients": [{"iss": EHR, "jwks": {"keys": [public]}, "fhir_servers": [f"{EHR}/fhir"]}]}))
+    settings = Settings.load(environ={}, overrides={"database": str(tmp_path / "p.sqlite"), "mode": "production",
+                                                    "trusted_clients": str(clients), "public_base_url": CDS_BASE})
+    return create_app(settings, engine=engine, clock=lambda: CLOCK).test_client()
+
+
+def _signed(key):
+    import uuid
+
+    import jwt
+
+    now = int(CLOCK.timestamp())
+    claims = {"iss": EHR, "aud": f"{CDS_BASE}/cds-services/{PATIENT_VIEW_SERVICE}", "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+    return {"Authorization": "Bearer " + jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})}
+
+
+def _patient_view(app_client, patient, server, *, without=("condition",)):
+    """A patient-view call naming ``server`` with a token for it, every prefetch key sent but those in ``without``."""
+    from tests.service_helpers import prefetch_for
+
+    app = app_client.application
+    prefetch = prefetch_for(app, PATIENT_VIEW_SERVICE, patient.resources)
+    for key in without:
+        prefetch.pop(key)
+    return {"hook": "patient-view", "hookInstance": "5d0b7b4c-refused", "context": {"patientId": patient.id, "userId": "Practitioner/1"},
+            "fhirServer": server, "fhirAuthorization": {"access_token": "ehr-token", "token_type": "Bearer", "expires_in": 60,
+                                                        "scope": "patient/*.read", "subject": "cds"},
+            "prefetch": prefetch}
+
+
+@pytest.mark.parametrize("server", ["https://other.example.org/fhir", f"{EHR}/fhir-admin", "http://ehr.example.org/fhir"])
+def test_a_server_off_the_clients_allow_list_gets_a_412_saying_so(engine, tmp_path, ehr_key, access_log, server):
+    """Another host, another path, or the listed server over http in production: refused, and the 412 says why."""
+    client = _production_client(engine, tmp_path, ehr_key)
+    answer = client.post(f"/cds-services/{PATIENT_VIEW_SERVICE}", json=_patient_view(client, _spasm_patient(), server), headers=_signed(ehr_key))
+    assert answer.status_code == 412 and answer.json["resourceType"] == "OperationOutcome"
+    issues = answer.json["issue"]
+    assert issues[0]["diagnostics"] == f"prefetch data missing or incomplete, and {REFUSED}"
+    assert any(i["diagnostics"].startswith("condition (Condition?patient={{context.patientId}}") for i in issues[1:])
+    assert "ehr-token" not in answer.get_data(as_text=True)
+    line = next(r for r in access_log() if r.get("event") == "request")
+    assert line["status"] == 412 and line["fhir_server_refused"] is True
+
+
+def test_without_a_jwt_only_a_loopback_server_may_be_named_in_development(client, access_log):
+    patient = _spasm_patient()
+    answer = client.post(f"/cds-services/{PATIENT_VIEW_SERVICE}", json=_patient_view(client, patient, f"{EHR}/fhir"))
+    assert answer.status_code == 412 and REFUSED in answer.json["issue"][0]["diagnostics"]
+    assert next(r for r in access_log() if r.get("event") == "request")["fhir_server_refused"] is True
+
+
+def test_a_medication_left_unread_for_a_refused_server_is_a_412_saying_so(client):
+    patient = _spasm_patient()
+    medication = patient.medication(CYCLOBENZAPRINE_10, shape="reference")
+    answer = client.post(f"/cds-services/{PATIENT_VIEW_SERVICE}", json=_patient_view(client, patient, f"{EHR}/fhir", without=()))
+    assert answer.status_code == 412
+    assert answer.json["issue"][0]["diagnostics"] == f"orders reference medications that were not sent, and {REFUSED}"
+    assert answer.json["issue"][1]["diagnostics"] == medication["medicationReference"]["reference"]
+
+
+def test_a_refused_server_costs_nothing_when_the_prefetch_is_complete(client, access_log):
+    answer = client.post(f"/cds-services/{PATIENT_VIEW_SERVICE}", json=_patient_view(client, _spasm_patient(), f"{EHR}/fhir", without=()))
+    assert answer.status_code == 200 and answer.json["cards"]
+    assert next(r for r in access_log() if r.get("event") == "request")["fhir_server_refused"] is True
+
+
+def test_without_a_fhir_server_the_412_says_there_is_none(client):
+    body = _patient_view(client, _spasm_patient(), None)
+    del body["fhirServer"], body["fhirAuthorization"]
+    answer = client.post(f"/cds-services/{PATIENT_VIEW_SERVICE}", json=body)
+    assert answer.status_code == 412
+    assert answer.json["issue"][0]["diagnostics"] == "prefetch data missing or incomplete, and no fhirServer to read it from"
