@@ -1,7 +1,8 @@
-"""Run the independent FHIR R4 checker (../shared/tools/fhir-check, Node) from the tests.
+"""Run the independent FHIR R4 checker (fhir-check, Node.js 20) from the tests.
 
-CI installs it in a scratch copy and points FHIR_CHECK_DIR at it; without Node or the tool the
-tests that need it are skipped, saying why.
+The tool is not part of the project: the tests find it through FHIR_CHECK_DIR, a folder holding its
+check.mjs and node_modules (.ci/run installs a scratch copy of ../shared/tools/fhir-check there). Without
+Node or the tool the tests that need it are skipped, saying why.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ from pathlib import Path
 
 import pytest
 
-CANDIDATES = [os.environ.get("FHIR_CHECK_DIR", ""), "/work/fhir-check"]
-
 
 def tool_dir() -> Path | None:
-    for candidate in CANDIDATES:
-        if candidate and (Path(candidate) / "check.mjs").is_file() and (Path(candidate) / "node_modules").is_dir():
-            return Path(candidate)
+    """The folder FHIR_CHECK_DIR names, if it holds an installed fhir-check."""
+    candidate = os.environ.get("FHIR_CHECK_DIR", "")
+    if candidate and (Path(candidate) / "check.mjs").is_file() and (Path(candidate) / "node_modules").is_dir():
+        return Path(candidate)
     return None
 
 
 def require_tool() -> Path:
+    """The fhir-check folder; skips the calling test, saying what is missing, when the tool cannot run."""
     folder = tool_dir()
-    if folder is None or shutil.which("node") is None:
-        pytest.skip("fhir-check not installed: set FHIR_CHECK_DIR to a copy of ../shared/tools/fhir-check with node_modules (see .ci/run)")
+    if folder is None:
+        pytest.skip("fhir-check not installed: set FHIR_CHECK_DIR to a folder with fhir-check and its node_modules (see .ci/run)")
+    if shutil.which("node") is None:
+        pytest.skip("Node.js not found: fhir-check needs node (20 or newer) on the PATH")
     return folder
 
 

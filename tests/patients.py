@@ -1,6 +1,6 @@
-"""Test patients: realistic FHIR R4 records built from the shared Synthea patients or from scratch.
+"""Test patients: realistic FHIR R4 records built from the Synthea patients in tests/data or from scratch.
 
-Every clinical code used here comes from the protocol's ValueSets (built from ../shared terminology), and
+Every clinical code used here comes from the protocol's ValueSets (built from the terminology lists), and
 the builders produce the shapes real systems send: SNOMED CT and ICD-10-CM codings, onsetDateTime,
 onsetPeriod, onsetString or only recordedDate, MedicationRequest and MedicationStatement, with the drug
 as a CodeableConcept or as a reference to a contained or separately supplied Medication.
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 CLOCK = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
-SYNTHEA = SHARED / "data" / "synthea"
+#: The test data shipped with the project (tests/data/README.md says where each file comes from).
+DATA = Path(__file__).resolve().parent / "data"
+SYNTHEA = DATA / "synthea"
 
 SCT = "http://snomed.info/sct"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -104,7 +105,7 @@ def birth_date_for(age: int, now: datetime = CLOCK, days_after_birthday: int = 0
 
 
 def synthea(name: str) -> list[dict]:
-    """The resources of one shared Synthea patient (transaction Bundle), with relative references restored."""
+    """The resources of one Synthea patient of tests/data/synthea (transaction Bundle), with relative references restored."""
     bundle = json.loads((SYNTHEA / name).read_text())
     ids = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"] if e.get("fullUrl")}
     text = json.dumps([e["resource"] for e in bundle["entry"]])

@@ -3,7 +3,7 @@
 A hook request is written the way a CDS client would send it: the prefetch is filled from the service's
 own discovery templates (one searchset Bundle per resource type, the Patient read as a resource), and the
 draft orders are a Bundle in the context. The captured CDS Hooks Sandbox requests are read from
-``../shared/data/sandbox-requests``.
+``tests/data/sandbox-requests``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from protocol.content import load_content
 from protocol.engine import Engine
 from service import create_app, state_of
 from service.config import Settings
-from tests.patients import CLOCK, SHARED, Patient
+from tests.patients import CLOCK, DATA, Patient
 
-CAPTURES = SHARED / "data" / "sandbox-requests"
+CAPTURES = DATA / "sandbox-requests"
 
 PATIENT_VIEW = "back-spasm-treatment-pathway-patient-view"
 ORDER_SELECT = "back-spasm-order-review-order-select"

@@ -11,11 +11,11 @@ import pytest
 import protocol.engine
 from protocol.cli import main
 from tests.cds_support import engine
-from tests.patients import CYCLOBENZAPRINE_10, RXNORM, SHARED, Patient, concept
+from tests.patients import CYCLOBENZAPRINE_10, DATA, RXNORM, Patient, concept
 
 __all__ = ["engine"]
 
-SANDBOX = SHARED / "data" / "sandbox-requests"
+SANDBOX = DATA / "sandbox-requests"
 AT = "2026-11-25T10:00:00Z"
 
 

@@ -24,7 +24,7 @@ from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient
 BASE = "https://cds.example.org"
 ISSUER = "https://ehr.example.org"
 SERVICE = "back-spasm-treatment-pathway-patient-view"
-SANDBOX = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sandbox-requests"
+SANDBOX = Path(__file__).resolve().parent / "data" / "sandbox-requests"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The requests the public CDS Hooks Sandbox really sends, replayed against the service.
 
-The captured bodies (../shared/data/sandbox-requests) were sent to a stub service; here they go to the
+The captured bodies (tests/data/sandbox-requests) were sent to a stub service; here they go to the
 matching service of this one. Their ``fhirServer`` is pointed at a loopback FHIR server holding the
 Sandbox's test patient (a woman born in 1970 with type 2 diabetes), so whatever the Sandbox did not
 prefetch for our templates is fetched the way it would be in real use.

@@ -1,7 +1,7 @@
 """Tests of the ValueSets in protocol/content, built by scripts/make_valuesets.py.
 
-The terminology files live outside the repository, in ../shared/clinical/terminology relative to
-the project root; the tests are skipped (with that reason) when the folder is absent.
+The terminology lists the ValueSets are built from are copied into tests/data/terminology (see
+tests/data/README.md), so the drift check runs in any clone; the script is always given that folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TERMINOLOGY_DIR = PROJECT_ROOT.parent / "shared" / "clinical" / "terminology"
+TERMINOLOGY_DIR = PROJECT_ROOT / "tests" / "data" / "terminology"
 CONTENT_DIR = PROJECT_ROOT / "protocol" / "content"
 PUBLICATION = json.loads((PROJECT_ROOT / "protocol" / "publication.json").read_text(encoding="utf-8"))
 SCRIPT = PROJECT_ROOT / "scripts" / "make_valuesets.py"
@@ -26,11 +26,6 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
 CPT = "http://www.ama-assn.org/go/cpt"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-
-pytestmark = pytest.mark.skipif(
-    not TERMINOLOGY_DIR.is_dir(),
-    reason=f"terminology files not found at {TERMINOLOGY_DIR} (shared/ is not beside the project)",
-)
 
 GROUP_IDS = [
     "back-muscle-spasm", "physical-therapy", "heat-therapy", "therapeutic-exercise",
@@ -158,7 +153,7 @@ def test_committed_files_equal_the_generator_output(script, generated):
         expected = json.dumps(vs, indent=2, ensure_ascii=False) + "\n"
         assert path.read_text(encoding="utf-8") == expected, f"{path.name} is out of date"
     assert script.drift(generated, CONTENT_DIR) == []
-    assert script.main(["--check"]) == 0
+    assert script.main(["--check", "--terminology", str(TERMINOLOGY_DIR)]) == 0
 
 
 def test_generator_is_deterministic(script, generated):
@@ -166,15 +161,15 @@ def test_generator_is_deterministic(script, generated):
 
 
 def test_check_mode_reports_drift(script, tmp_path, capsys):
-    assert script.main(["--out", str(tmp_path)]) == 0
-    assert script.main(["--check", "--out", str(tmp_path)]) == 0
+    assert script.main(["--out", str(tmp_path), "--terminology", str(TERMINOLOGY_DIR)]) == 0
+    assert script.main(["--check", "--out", str(tmp_path), "--terminology", str(TERMINOLOGY_DIR)]) == 0
     changed = tmp_path / "ValueSet-tens.json"
     changed.write_text(changed.read_text(encoding="utf-8").replace("E0720", "E0721"),
                        encoding="utf-8")
     (tmp_path / "ValueSet-maoi.json").unlink()
     (tmp_path / "ValueSet-stray.json").write_text("{}\n", encoding="utf-8")
     capsys.readouterr()
-    assert script.main(["--check", "--out", str(tmp_path)]) == 1
+    assert script.main(["--check", "--out", str(tmp_path), "--terminology", str(TERMINOLOGY_DIR)]) == 1
     out = capsys.readouterr().out
     assert "ValueSet-tens.json" in out
     assert "ValueSet-maoi.json" in out
@@ -566,5 +561,5 @@ def test_red_flag_check_reports_no_drift(script, generated, capsys):
         path = CONTENT_DIR / f"ValueSet-{vs_id}.json"
         assert path.read_text(encoding="utf-8") == script.render(generated[vs_id])
     capsys.readouterr()
-    assert script.main(["--check"]) == 0
+    assert script.main(["--check", "--terminology", str(TERMINOLOGY_DIR)]) == 0
     assert "up to date" in capsys.readouterr().out
