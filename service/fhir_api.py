@@ -330,11 +330,11 @@ def _served(rtype: str) -> None:
 
 SEARCH_DOCUMENTATION = (
     "Search with GET [type]?params. Several parameters must all match; comma-separated values of one parameter match any. "
-    "_count=n gives pages of n entries linked by next, previous, first and last (_offset=k starts at the k-th match); "
+    "_count=n gives pages of n entries linked by next, previous, first and last (_offset=k skips the first k matches); "
     "_count=0 and _summary=count give the total only. _summary=true sends the summary elements of each resource "
     "(the R4 isSummary elements, with id and meta), _summary=text its text, id, meta and mandatory elements, "
-    "_summary=data all but its text; such resources are tagged SUBSETTED. A parameter given without a value is "
-    "skipped. An unsupported parameter or modifier, and a bad value, is a 400 naming it "
+    "_summary=data all but its text; such resources are tagged SUBSETTED. A search parameter given without a value "
+    "is skipped (_count, _offset and _summary need one). An unsupported parameter or modifier, and a bad value, is a 400 naming it "
     "(Prefer: handling=lenient skips unknown parameters; the self link shows what was applied).")
 
 
