@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import time
 
 import pytest
@@ -25,3 +28,31 @@ def settled_httpserver(request):
         time.sleep(0.05)
         if len(server.log) != seen:
             seen, still_since = len(server.log), time.monotonic()
+
+
+@pytest.fixture
+def access_log():
+    """The service's JSON log lines written while the test runs, as a function that returns them parsed."""
+    from service.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("back_spasm_cds")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def quiet_service_log():
+    """Silence the service's logger (unexpected errors are logged with their trace): for tests that look only at what
+    the client gets."""
+    logger = logging.getLogger("back_spasm_cds")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)

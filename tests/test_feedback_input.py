@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import sqlite3
 
 import pytest
@@ -26,6 +25,8 @@ FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
 COLUMNS = ("service_id", "card_uuid", "outcome", "accepted_suggestions", "override_system", "override_code", "override_display",
            "outcome_timestamp", "received_at")
 
+pytestmark = pytest.mark.usefixtures("quiet_service_log")
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -36,15 +37,6 @@ def app(tmp_path_factory):
 def client(app):
     return app.test_client()
 
-
-@pytest.fixture(autouse=True)
-def quiet_service_log():
-    """Unexpected errors would be logged; the tests look at what the client gets and what the file holds."""
-    logger = logging.getLogger("back_spasm_cds")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -368,25 +368,6 @@ EHR = "https://ehr.example.org"
 PATIENT_VIEW_SERVICE = f"{PATHWAY}-patient-view"
 
 
-@pytest.fixture
-def access_log():
-    """The service's log lines (JSON) written while the test runs."""
-    import io
-    import logging
-
-    from service.logs import JsonFormatter
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("back_spasm_cds")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
 
 @pytest.fixture(scope="module")
 def ehr_key():

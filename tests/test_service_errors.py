@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -22,6 +21,8 @@ from tests.service_helpers import (
 
 LIMIT = 64 * 1024
 
+pytestmark = pytest.mark.usefixtures("quiet_service_log")
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
@@ -32,15 +33,6 @@ def app(tmp_path_factory):
 def client(app):
     return app.test_client()
 
-
-@pytest.fixture(autouse=True)
-def quiet_service_log():
-    """The service logs unexpected errors with their trace; the tests only look at what the client gets."""
-    logger = logging.getLogger("back_spasm_cds")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 def patient() -> Patient:

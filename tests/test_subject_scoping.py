@@ -10,9 +10,7 @@ for another patient is a request error: 400 naming the draft on the service, exi
 from __future__ import annotations
 
 import copy
-import io
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -355,22 +353,6 @@ def test_a_draft_for_another_patient_is_refused_before_any_fhir_server_is_read(a
     assert answer.status_code == 400 and "MedicationRequest/abc" in outcome_diagnostics(answer)
     assert len(httpserver.log) == 0, "nothing is fetched for a request that is refused"
 
-
-@pytest.fixture
-def access_log():
-    """The service's JSON log lines, as written."""
-    from service.logs import JsonFormatter
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("back_spasm_cds")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_the_log_line_counts_the_ignored_resources_and_names_none(app, client, access_log):
