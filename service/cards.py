@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ EXT_DIRECTION = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-directionOfR
 EXT_RATIONALE = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-rationale"
 OVERRIDE_SUFFIX = "/StructureDefinition/cds-override-reasons"
 ACTION_TYPES = {"create": "create", "update": "update", "remove": "delete"}
+#: The card extension (CDS Hooks 2.0 ``extension``, a namespaced key) naming the draft order a card is about.
+DRAFT_ORDER_EXTENSION = "org.example.back-spasm-cds.draft-order"
 #: Markdown's punctuation that can start emphasis, code, links, images, headings, tables or strikethrough.
 MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]#|~])")
 #: What makes the start of a line a list item or a thematic break.
@@ -55,6 +57,16 @@ def markdown_text(text: Any) -> str:
     line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     line = MARKDOWN_PUNCTUATION.sub(r"\\\1", line)
     return LINE_START_MARKER.sub(r"\1\\", line)
+
+
+def draft_reference(draft: Mapping[str, Any] | None) -> Json | None:
+    """``{"resourceType", "id", "reference"}`` of a draft order with a type and an id; None otherwise."""
+    if not isinstance(draft, Mapping):
+        return None
+    rtype, rid = draft.get("resourceType"), draft.get("id")
+    if not (isinstance(rtype, str) and isinstance(rid, str) and rid):
+        return None
+    return {"resourceType": rtype, "id": rid, "reference": f"{rtype}/{rid}"}
 
 
 def plain_line(text: Any) -> str:
@@ -140,10 +152,15 @@ class CardBuilder:
         self._reasons: dict[str, list[Json]] = {}
 
     # -- per card ---------------------------------------------------------------------------------------
-    def cards(self, result: ApplyResult) -> tuple[list[Json], list[IssuedCard]]:
+    def cards(self, result: ApplyResult, about: Mapping[str, Any] | None = None) -> tuple[list[Json], list[IssuedCard]]:
+        """The cards of one $apply result; ``about`` is the draft order the result reviewed (order hooks), which each
+        card then names in its extension, so that the EHR can show the card on that order's line."""
         cards, issued = [], []
+        subject = draft_reference(about)
         for action in result.actions:
             card, record = self.card(action, result)
+            if subject:
+                card.setdefault("extension", {})[DRAFT_ORDER_EXTENSION] = subject
             cards.append(card)
             issued.append(record)
         return cards, issued

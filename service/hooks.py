@@ -110,8 +110,8 @@ def call_service(service_id: str) -> Response:
     applied = time.monotonic()
     builder = CardBuilder(state.engine.content, state.page_url)
     cards, issued = [], []
-    for result in results:
-        more, records = builder.cards(result)
+    for call, result in zip(calls, results):
+        more, records = builder.cards(result, about=call.draft_order)
         cards.extend(more)
         issued.extend(records)
     state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], issued, retention_days=state.settings.retention_days)
