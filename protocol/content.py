@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from protocol.terminology import Terminology, split_canonical
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONTENT_DIR = PACKAGE_DIR / "content"
-PUBLICATION_FILE = PACKAGE_DIR / "publication.json"
+PUBLICATION_NAME = "publication.json"
+PUBLICATION_FILE = PACKAGE_DIR / PUBLICATION_NAME
 
 #: Order of resource types in bundles and packages: what a resource refers to comes before it.
 TYPE_ORDER = ("CodeSystem", "ValueSet", "StructureDefinition", "Library", "ActivityDefinition", "PlanDefinition")
@@ -87,11 +89,15 @@ def load_content(directory: Path | None = None, publication_file: Path | None = 
     directory = Path(directory) if directory else CONTENT_DIR
     if not directory.is_dir():
         raise ContentError(f"{directory}: content folder not found")
-    publication_file = Path(publication_file) if publication_file else _publication_for(directory)
+    publication_file = Path(publication_file) if publication_file else publication_for(directory)
     publication = read_json(publication_file)
+    if not isinstance(publication, dict):
+        raise ContentError(f"{publication_file}: not a JSON object of publication metadata")
     resources: list[dict[str, Any]] = []
     files: dict[tuple[str, str], Path] = {}
     for path in sorted(directory.glob("*.json")):
+        if path.name == PUBLICATION_NAME:
+            continue
         resource = read_json(path)
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise ContentError(f"{path}: not a FHIR resource (no resourceType)")
@@ -100,7 +106,55 @@ def load_content(directory: Path | None = None, publication_file: Path | None = 
     return Content(directory=directory, publication=publication, resources=resources, files=files)
 
 
-def _publication_for(directory: Path) -> Path:
-    """publication.json beside the content folder (the packaged layout), else inside it."""
-    beside = directory.parent / "publication.json"
-    return beside if beside.is_file() else directory / "publication.json"
+def publication_for(directory: Path) -> Path:
+    """The publication.json of a content folder: inside it, else beside it (the packaged layout, where
+    ``protocol/publication.json`` sits next to ``protocol/content/``). Inside wins, so that a content folder
+    copied anywhere with its publication.json is read whole, whatever lies next to it."""
+    inside = directory / PUBLICATION_NAME
+    beside = directory.parent / PUBLICATION_NAME
+    for candidate in (inside, beside):
+        if candidate.is_file():
+            return candidate
+    raise ContentError(f"{directory}: no {PUBLICATION_NAME} inside the content folder or beside it ({inside} or {beside}); "
+                       "it holds the canonical base, version and publisher of every artifact")
+
+
+@dataclass(frozen=True)
+class ContentSource:
+    """Which content folder a command reads, and why that one (said on the command line)."""
+
+    directory: Path
+    reason: str
+
+    def describe(self) -> str:
+        """One line for the user: the folder and why it was chosen."""
+        return f"content: {self.directory} ({self.reason})"
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The root of a back-spasm-cds source checkout holding ``start`` (the folder or one of its parents), if any.
+
+    A checkout is a folder with this project's ``pyproject.toml`` and a ``protocol/content`` folder: a protocol
+    author edits the content there, and the commands run inside it should read those edits rather than the copy
+    installed with the package."""
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        if (folder / "protocol" / "content").is_dir() and pyproject.is_file():
+            try:
+                text = pyproject.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if re.search(r'^name\s*=\s*"back-spasm-cds"\s*$', text, re.MULTILINE):
+                return folder
+    return None
+
+
+def locate_content(explicit: Path | None = None, cwd: Path | None = None) -> ContentSource:
+    """The content folder a command reads: ``--content`` when given, else the ``protocol/content`` of the checkout
+    the command runs in, else the copy installed with the package."""
+    if explicit is not None:
+        return ContentSource(Path(explicit), "--content")
+    checkout = find_checkout((cwd or Path.cwd()).resolve())
+    if checkout is not None:
+        return ContentSource(checkout / "protocol" / "content", f"the checkout at {checkout}")
+    return ContentSource(CONTENT_DIR, "the copy installed with the package")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 import protocol.engine
 from protocol.cli import main
 from tests.cds_support import engine
-from tests.patients import CYCLOBENZAPRINE_10, DATA, RXNORM, Patient, concept
+from tests.patients import CYCLOBENZAPRINE_10, DATA, RXNORM, SERTRALINE, Patient, concept
 
 __all__ = ["engine"]
 
@@ -199,3 +201,23 @@ def test_hook_without_a_patient_id_is_an_error(tmp_path, capsys, reuse_engine):
     del body["context"]["patientId"]
     code, _, err = run(["apply", "--data", str(write(tmp_path, "hook.json", body)), "--at", AT], capsys)
     assert code == 1 and "patientId" in err
+
+
+# ---------------------------------------------------------------------------------- standard output stays JSON
+
+
+def test_warnings_go_to_stderr_and_stdout_is_only_the_json(tmp_path):
+    """The installed command in its own process, as a script pipes it: stdout parses as JSON whole, every warning
+    line is on stderr."""
+    patient = severe_patient()
+    patient.medication(SERTRALINE)
+    data = write(tmp_path, "patient.json", patient.bundle("collection"))
+    proc = subprocess.run([sys.executable, "-m", "protocol.cli", "apply", "--data", str(data), "--at", AT],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    careplan = json.loads(proc.stdout)
+    assert careplan["resourceType"] == "CarePlan"
+    assert proc.stdout.lstrip().startswith("{") and proc.stdout.rstrip().endswith("}")
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings and any("sertraline" in line.lower() for line in warnings), proc.stderr
+    assert not any(line.startswith(("warning: ", "critical: ")) for line in proc.stdout.splitlines())
