@@ -374,8 +374,8 @@ def start_announcer(host: str, port: int) -> subprocess.Popen | None:
 def _content_origin(settings: Any, source: ContentSource) -> tuple[Path, str]:
     """The folder the service will read and where that choice came from, for the start lines."""
     origin = settings.sources.get("content_dir", "built-in default")
-    if settings.content_dir is None:
-        return CONTENT_DIR, "the copy installed with the package"
+    if settings.content_dir is None:  # the installed copy, which is the checkout's own in an editable install
+        return CONTENT_DIR, source.reason if source.directory == CONTENT_DIR else "the copy installed with the package"
     if origin == "the command line":
         return Path(settings.content_dir), "--content"
     if origin == "the address served (default)":

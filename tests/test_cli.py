@@ -348,6 +348,14 @@ def test_serve_in_a_checkout_serves_the_checkouts_content(not_started, tmp_path,
     assert f"content: {content} (from the checkout at {tmp_path / 'checkout'})" in capsys.readouterr().err
 
 
+def test_serve_in_the_project_folder_says_it_serves_the_checkout(not_started, tmp_path, monkeypatch, capsys):
+    """Also where the checkout is the installed copy (an editable install)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv(ENV_PREFIX + "DATABASE", str(tmp_path / "cds.sqlite"))
+    assert main(["serve", "--port", str(free_port())]) == 0
+    assert f"content: {ROOT / 'protocol' / 'content'} (from the checkout at {ROOT})" in capsys.readouterr().err
+
+
 def test_serve_content_option_and_environment_win_over_the_checkout(not_started, tmp_path, monkeypatch, capsys):
     make_checkout(tmp_path / "checkout")
     monkeypatch.chdir(tmp_path / "checkout")
