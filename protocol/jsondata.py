@@ -16,6 +16,7 @@ from typing import Any
 MAX_DEPTH = 100
 #: FHIR integers are 32-bit and integer64 is 64-bit; no decimal a record holds comes near this either.
 MAX_MAGNITUDE = 2 ** 63 - 1
+MIN_INTEGER = -(2 ** 63)
 
 
 class JsonShapeError(ValueError):
@@ -54,7 +55,7 @@ def check_shape(value: Any, max_depth: int = MAX_DEPTH) -> None:
 
 def _shape_ok(value: Any, max_depth: int) -> bool:
     stack = [(value, 1)]
-    pop, push, high, low = stack.pop, stack.append, MAX_MAGNITUDE, -MAX_MAGNITUDE
+    pop, push, high, low = stack.pop, stack.append, MAX_MAGNITUDE, MIN_INTEGER
     while stack:
         node, depth = pop()
         if depth > max_depth:
@@ -87,7 +88,7 @@ def _first_problem(value: Any, max_depth: int) -> tuple[str, tuple[Any, ...]]:
 
 
 def _acceptable_number(value: float) -> bool:
-    return math.isfinite(value) and abs(value) <= MAX_MAGNITUDE
+    return math.isfinite(value) and MIN_INTEGER <= value <= MAX_MAGNITUDE
 
 
 def _path_text(path: tuple[Any, ...], limit: int = 8) -> str:

@@ -43,7 +43,7 @@ def _deep(levels: int) -> list:
 def test_the_shape_check_accepts_real_resources_and_the_depth_limit_itself():
     resource = {"resourceType": "MedicationRequest", "medicationCodeableConcept": concept(CYCLOBENZAPRINE_5),
                 "dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": 7.5, "unit": "mg"}}], "sequence": 2 ** 31 - 1}],
-                "flag": True, "nothing": None, "big": -(2 ** 63 - 1)}
+                "flag": True, "nothing": None, "big": -(2 ** 63 - 1), "smallest": -(2 ** 63), "largest": 2 ** 63 - 1}
     check_shape(resource)
     check_shape(_deep(MAX_DEPTH))
 
