@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -119,12 +118,13 @@ def normalise_url(url: str) -> str:
 
 
 class ReplayCache:
-    """Token ids seen, until they expire; in SQLite so that every worker process sees them.
+    """Token ids seen, until they expire; in the service's database (SQLite or PostgreSQL) so that every worker process,
+    and with PostgreSQL every instance, sees them.
 
-    The first use of a jti is written durably (synced to disk) before the request goes on, in a write transaction
-    where the primary key decides between processes that see the same jti at once: exactly one of them inserts it.
-    A database that cannot take the write refuses the request with a 503 (StorageUnavailable); a token is never
-    let through unrecorded.
+    The first use of a jti is written durably (synced to disk) before the request goes on, by one insert that does
+    nothing on a conflict: the primary key decides between processes and instances that see the same jti at once, and
+    exactly one of them inserts it (no read before the write). A database that cannot take the write refuses the
+    request with a 503 (StorageUnavailable); a token is never let through unrecorded.
     """
 
     SCHEMA = "CREATE TABLE IF NOT EXISTS seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL, PRIMARY KEY (iss, jti));"
@@ -132,10 +132,10 @@ class ReplayCache:
     PURGE_INTERVAL_SECONDS = 60
 
     def __init__(self, path: str):
-        from service.feedback import SqliteFile  # the stores' one way of writing SQLite
+        from service.feedback import open_database  # the stores' one way of opening their database
 
-        self.path = path
-        self._database = SqliteFile(path, self.SCHEMA)
+        self.path = path  #: the database setting: an SQLite file or sqlite:/// URL, or a postgresql:// URL
+        self._database = open_database(path, self.SCHEMA)
         self._last_purge: float | None = None
         self._purge_lock = threading.Lock()
 
@@ -148,10 +148,10 @@ class ReplayCache:
         token is refused before its id is looked up) are deleted in the same write, at most once a minute per process."""
         purge = self._purge_due(now)
 
-        def record(db: sqlite3.Connection) -> bool:
+        def record(db: Any) -> bool:
             if purge:
                 db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
-            return db.execute("INSERT OR IGNORE INTO seen_jti VALUES (?, ?, ?)", (iss, jti, exp)).rowcount == 1
+            return db.execute("INSERT INTO seen_jti (iss, jti, exp) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (iss, jti, exp)).rowcount == 1
 
         return self._database.write(record, "token id")
 

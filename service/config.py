@@ -29,7 +29,7 @@ class Settings:
     """Everything the service can be told."""
 
     content_dir: str | None = None            #: protocol content folder (default: the packaged protocol)
-    database: str = "back-spasm-cds.sqlite"   #: SQLite file for issued cards and feedback (created 0600)
+    database: str = "back-spasm-cds.sqlite"   #: issued cards, feedback, token ids: SQLite file (path or sqlite:///path, created 0600) or postgresql:// URL
     retention_days: int = 90                  #: days issued cards and feedback are kept before they are deleted (0: for ever)
     request_budget: float = 3.0               #: seconds a hook call may spend fetching missing prefetch
     max_body_bytes: int = 5 * 1024 * 1024     #: largest request body accepted (413 above)
@@ -109,6 +109,7 @@ class Settings:
         if self.mode == "production" and not self.public_base_url:
             raise ConfigError("production mode needs public_base_url (the service's external URL): tokens' aud and card links "
                               "are checked and written against it, never against a request's Host header")
+        database_kind(self.database)
         try:
             time_zone(self.timezone)
         except (TypeError, ValueError) as exc:
@@ -118,6 +119,16 @@ class Settings:
         out = asdict(self)
         out.pop("sources", None)
         return out
+
+
+def database_kind(database: str) -> str:
+    """Which database a ``database`` setting names: "postgresql" for a postgresql:// (or postgres://) URL, "sqlite" for
+    sqlite:///path or a plain file path; ConfigError for any other URL."""
+    if database.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    if "://" in database and not database.startswith("sqlite:///"):
+        raise ConfigError("database must be a file path, sqlite:///path or postgresql://user@host:port/database")
+    return "sqlite"
 
 
 def _read_file(path: str) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Durable record of the cards issued and of the feedback clients send about them (SQLite, WAL mode).
+"""Durable record of the cards issued and of the feedback clients send about them (SQLite in WAL mode, or PostgreSQL).
+
+The ``database`` setting names the database: a file path or ``sqlite:///path`` for SQLite (one machine, the default),
+``postgresql://user@host:port/db`` for a PostgreSQL database that several instances share (service.postgresql). The
+same statements serve both.
 
 Nothing about the patient is stored: no ids, no names, no clinical data, no text from the record, no tokens.
 What each table keeps:
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.cards import IssuedCard
-from service.config import Settings
+from service.config import Settings, database_kind
 from service.errors import BadRequest, ServiceError
 
 log = logging.getLogger("back_spasm_cds.feedback")
@@ -282,6 +286,43 @@ def _backoff(attempt: int) -> float:
     return FIRST_BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    """The errors either database's driver raises (psycopg's only when the ``postgresql`` extra is installed)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+#: What a failed database call raises, on either database.
+DATABASE_ERRORS = _database_errors()
+
+
+def sqlite_path(database: str) -> str:
+    """The file of an SQLite ``database`` setting: ``sqlite:///relative/path``, ``sqlite:////absolute/path`` or a plain path."""
+    return database[len("sqlite:///"):] if database.startswith("sqlite:///") else database
+
+
+def open_database(database: str, sqlite_schema: str) -> Any:
+    """The database a ``database`` setting names: a SqliteFile (its tables made with ``sqlite_schema``), or a
+    PostgresDatabase (its tables made by its migrations). Both offer ``write``, ``read`` and ``run_calls_with``."""
+    if database_kind(database) == "postgresql":
+        try:
+            from service.postgresql import PostgresDatabase
+        except ImportError as exc:
+            raise RuntimeError("a postgresql:// database needs the PostgreSQL driver: pip install 'back-spasm-cds[postgresql]'") from exc
+        return PostgresDatabase(database, unavailable=_refusal, attempts=lambda: WRITE_ATTEMPTS, backoff=_backoff)
+    return SqliteFile(sqlite_path(database), sqlite_schema)
+
+
+def _refusal(what: str, exc: Exception, attempts: int) -> StorageUnavailable:
+    """The refusal of a write to PostgreSQL, logged with the error's class (never the statement, its values or the URL)."""
+    log.error("database write refused", extra={"fields": {"event": "database-unavailable", "write": what, "attempts": attempts,
+                                                          "error": type(exc).__name__}})
+    return StorageUnavailable(f"the database cannot take the {what} now; send it again later")
+
+
 #: The database file and its -wal and -shm files are the service user's alone: they hold what clinicians did with cards.
 FILE_MODE = 0o600
 #: The files SQLite keeps beside the database in WAL mode (made with the database file's mode).
@@ -505,7 +546,8 @@ def upgrade_tables(db: sqlite3.Connection) -> list[str]:
 
 
 class FeedbackStore:
-    """Issued cards and feedback in SQLite, shared by the threads of a worker and by the worker processes.
+    """Issued cards and feedback in SQLite, shared by the threads of a worker and by the worker processes, or in
+    PostgreSQL, shared by every instance as well.
 
     Writes are durable before they are acknowledged, and a database that stays locked or cannot be written gives
     StorageUnavailable (503), never a partial write (see SqliteFile).
@@ -517,12 +559,14 @@ class FeedbackStore:
     """
 
     def __init__(self, path: str | Path, clock: Callable[[], datetime] | None = None):
-        self.path = str(path)
+        self.kind = database_kind(str(path))  #: "sqlite" or "postgresql"
+        self.path = sqlite_path(str(path)) if self.kind == "sqlite" else str(path)  #: the SQLite file, or the PostgreSQL URL
         self.clock = clock or _utc_now  #: when rows are stamped and purged
         self._last_purge: datetime | None = None
         self._purge_lock = threading.Lock()
-        self._database = SqliteFile(self.path, SCHEMA)
-        self._upgrade()
+        self._database = open_database(self.path, SCHEMA)
+        if self.kind == "sqlite":
+            self._upgrade()
 
     def _connection(self) -> sqlite3.Connection:
         return self._database.connection()
@@ -569,21 +613,21 @@ class FeedbackStore:
             self._last_purge = now
         return _stamp(now - timedelta(days=retention_days))
 
-    def _purge_safely(self, db: sqlite3.Connection, cutoff: str) -> dict[str, int]:
-        """_purge in a savepoint: on an SQLite error it is undone and logged, and the caller's write goes on."""
+    def _purge_safely(self, db: Any, cutoff: str) -> dict[str, int]:
+        """_purge in a savepoint: on a database error it is undone and logged, and the caller's write goes on."""
         db.execute("SAVEPOINT retention")
         try:
             purged = self._purge(db, cutoff)
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             try:
-                db.execute("ROLLBACK TO retention")
-                db.execute("RELEASE retention")
-            except sqlite3.Error:
+                db.execute("ROLLBACK TO SAVEPOINT retention")
+                db.execute("RELEASE SAVEPOINT retention")
+            except DATABASE_ERRORS:
                 raise exc from None
             log.error("records past their retention not deleted", extra={"fields": {"event": "database-purge-failed",
                                                                                      "error": type(exc).__name__}})
             return {}
-        db.execute("RELEASE retention")
+        db.execute("RELEASE SAVEPOINT retention")
         return purged
 
     @staticmethod
@@ -614,9 +658,9 @@ class FeedbackStore:
         suggestion_rows = [(s_uuid, c.uuid) for c in cards for s_uuid in c.suggestions[:MAX_RECORDED_SUGGESTIONS]]
 
         def insert(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT OR IGNORE INTO issued_card (uuid, service_id, hook, hook_instance, action_id, topic, indicator, issued_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", card_rows)
-            db.executemany("INSERT OR IGNORE INTO issued_suggestion (uuid, card_uuid) VALUES (?, ?)", suggestion_rows)
+            db.executemany("INSERT INTO issued_card (uuid, service_id, hook, hook_instance, action_id, topic, indicator, issued_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", card_rows)
+            db.executemany("INSERT INTO issued_suggestion (uuid, card_uuid) VALUES (?, ?) ON CONFLICT DO NOTHING", suggestion_rows)
 
         self._write(insert, "record of the issued cards", False, retention_days)
 
@@ -625,7 +669,7 @@ class FeedbackStore:
         """record_cards, but a database failure is logged, not raised: the clinician still gets the cards."""
         try:
             self.record_cards(service_id, hook, hook_instance, cards, retention_days=retention_days)
-        except (sqlite3.Error, StorageUnavailable) as exc:
+        except (*DATABASE_ERRORS, StorageUnavailable) as exc:
             log.error("issued cards not recorded", extra={"fields": {"event": "database-error", "error": type(exc).__name__}})
             return False
         return True
@@ -646,8 +690,9 @@ class FeedbackStore:
                 known = db.execute("SELECT 1 FROM issued_card WHERE uuid = ? AND service_id = ?", (item.card, service_id)).fetchone() is not None
                 reason = item.reason or {}
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO feedback (service_id, card_uuid, outcome, accepted_suggestions, override_system, override_code,"
-                    " override_display, comment_length, outcome_timestamp, received_at, card_known) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO feedback (service_id, card_uuid, outcome, accepted_suggestions, override_system, override_code,"
+                    " override_display, comment_length, outcome_timestamp, received_at, card_known) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (service_id, item.card, item.outcome, json.dumps(item.accepted) if item.accepted else None, reason.get("system"),
                      reason.get("code"), reason.get("display"), item.comment_length, item.timestamp, received, int(known)))
                 new += cursor.rowcount
@@ -677,15 +722,13 @@ class FeedbackStore:
 
         try:
             self._database.read(probe)
-        except sqlite3.Error:
+        except DATABASE_ERRORS:
             return False
         return True
 
 
-def _rows(db: sqlite3.Connection, query: str, parameters: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The rows of a query as dicts."""
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in db.execute(query, parameters)]
-    finally:
-        db.row_factory = None
+def _rows(db: Any, query: str, parameters: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The rows of a query as dicts (on either database: the names come from the cursor's description)."""
+    cursor = db.execute(query, parameters)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -1,0 +1,213 @@
+"""The shared PostgreSQL database of many service instances: connections, transactions, retries and the schema's migrations.
+
+Used when the ``database`` setting is a ``postgresql://`` URL (see service.storage). It offers what SqliteFile offers the
+stores (``write``, ``read``, ``run_calls_with``), so the stores' statements run unchanged on either database: they are
+written once with ``?`` placeholders, which PgSession turns into the driver's ``%s`` (values are always sent apart
+from the statement, never formatted into it).
+
+The driver is psycopg 3. Each thread that makes database calls keeps one connection (under gevent, the worker's pool
+of real threads, so a worker holds at most that pool's size), opened on first use and opened again after it is lost.
+A pool object of its own would add background threads that gevent's patching turns into greenlets of another thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+log = logging.getLogger("back_spasm_cds.postgresql")
+
+Result = TypeVar("Result")
+
+#: Seconds a connection attempt may take before the database counts as down (then a write is tried again or refused).
+CONNECT_TIMEOUT_SECONDS = 3
+#: Milliseconds one statement may wait for a row lock another transaction holds before it is cancelled and tried again.
+LOCK_TIMEOUT_MS = 2000
+#: Key of the advisory lock that lets one instance at a time apply the schema's migrations.
+MIGRATION_LOCK = 0x62_73_63_64  # "bscd"
+
+#: The schema, one migration per version, each applied once, in order, in one transaction; never edit a released one,
+#: add the next. Only ids, codes, times and counts are kept (see service.feedback).
+MIGRATIONS: Sequence[Sequence[str]] = (
+    (
+        """CREATE TABLE issued_card (
+    uuid TEXT PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    hook_instance TEXT NOT NULL,
+    action_id TEXT NOT NULL,
+    topic TEXT,
+    indicator TEXT NOT NULL,
+    issued_at TEXT NOT NULL
+)""",
+        """CREATE TABLE issued_suggestion (
+    uuid TEXT PRIMARY KEY,
+    card_uuid TEXT NOT NULL REFERENCES issued_card(uuid) ON DELETE CASCADE
+)""",
+        """CREATE TABLE feedback (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    service_id TEXT NOT NULL,
+    card_uuid TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    accepted_suggestions TEXT,
+    override_system TEXT,
+    override_code TEXT,
+    override_display TEXT,
+    comment_length INTEGER,
+    outcome_timestamp TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    card_known INTEGER NOT NULL,
+    UNIQUE (service_id, card_uuid, outcome, outcome_timestamp)
+)""",
+        "CREATE INDEX feedback_card ON feedback(card_uuid)",
+        "CREATE INDEX feedback_received ON feedback(received_at)",
+        "CREATE INDEX issued_card_time ON issued_card(issued_at)",
+        "CREATE INDEX issued_suggestion_card ON issued_suggestion(card_uuid)",
+        "CREATE TABLE seen_jti (iss TEXT NOT NULL, jti TEXT NOT NULL, exp BIGINT NOT NULL, PRIMARY KEY (iss, jti))",
+        "CREATE INDEX seen_jti_exp ON seen_jti(exp)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer version of the service: this one must not write to it."""
+
+
+def _call(function: Callable[[], Result]) -> Result:
+    return function()
+
+
+class PgSession:
+    """A connection as the stores' statements use it: ``execute`` and ``executemany`` with ``?`` placeholders."""
+
+    def __init__(self, connection: psycopg.Connection):
+        self.connection = connection
+
+    @staticmethod
+    def _statement(query: str) -> str:
+        """The statement in the driver's placeholder style (the stores' statements hold no literal ``?`` or ``%``)."""
+        return query.replace("?", "%s")
+
+    def execute(self, query: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor:
+        """Run one statement; its cursor (rowcount, fetchone, description, iteration)."""
+        return self.connection.execute(self._statement(query), tuple(parameters))
+
+    def executemany(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each row of parameters."""
+        rows = [tuple(row) for row in rows]
+        if rows:
+            with self.connection.cursor() as cursor:
+                cursor.executemany(self._statement(query), rows)
+
+
+class PostgresDatabase:
+    """One PostgreSQL database shared by every instance, with a connection per thread.
+
+    A write is one transaction. A durable write commits with ``synchronous_commit`` as the server has it (on by default:
+    flushed to the server's disk before the commit returns); a write that may be lost with the server's power
+    (``durable=False``) commits with it off. A write that loses its connection, meets a deadlock or waits past
+    LOCK_TIMEOUT_MS for a row is rolled back and tried again on a fresh connection, a bounded number of times; then it
+    is refused with StorageUnavailable (503, Retry-After), as SqliteFile refuses a write to a locked file.
+
+    The constructor applies the missing migrations (on a connection it closes again, so that worker processes forked
+    after it inherit none), and refuses a database migrated by a newer version.
+    """
+
+    def __init__(self, url: str, unavailable: Callable[[str, Exception, int], Exception],
+                 attempts: Callable[[], int], backoff: Callable[[int], float]):
+        self.url = url
+        self.path = url
+        self.offload: Callable[[Callable[[], Any]], Any] = _call  #: runs each database call (see run_calls_with)
+        self._unavailable = unavailable
+        self._attempts = attempts
+        self._backoff = backoff
+        self._local = threading.local()
+        with self._open() as connection:
+            migrate(connection)
+
+    def _open(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                               application_name="back-spasm-cds", options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
+
+    def connection(self) -> PgSession:
+        """This thread's connection, opened on first use (and again after it was closed or lost, or in a new process)."""
+        pid, session = getattr(self._local, "session", (None, None))
+        if session is None or pid != os.getpid() or session.connection.closed:
+            session = PgSession(self._open())
+            self._local.session = (os.getpid(), session)
+        return session
+
+    def close(self) -> None:
+        """Close this thread's connection, if it has one of this process (the next use opens a new one)."""
+        pid, session = getattr(self._local, "session", (None, None))
+        self._local.session = (None, None)
+        if session is not None and pid == os.getpid():
+            session.connection.close()
+
+    def write(self, work: Callable[[PgSession], Result], what: str, durable: bool = True) -> Result:
+        """``work(session)`` in one transaction; its result once committed. ``what`` names the write in logs."""
+        attempt = 1
+        while True:
+            try:
+                return self.offload(lambda: self._transaction(work, durable))
+            except psycopg.OperationalError as exc:
+                self.offload(self.close)
+                if attempt >= self._attempts():
+                    raise self._unavailable(what, exc, attempt) from None
+                log.info("database write tried again", extra={"fields": {"event": "database-retry", "write": what, "attempt": attempt,
+                                                                          "error": type(exc).__name__}})
+            except psycopg.DatabaseError as exc:
+                if type(exc) not in (psycopg.DatabaseError, psycopg.InternalError):  # integrity, programming, data: the code's fault
+                    raise
+                raise self._unavailable(what, exc, attempt) from None
+            time.sleep(self._backoff(attempt))
+            attempt += 1
+
+    def read(self, work: Callable[[PgSession], Result]) -> Result:
+        """``work(session)`` outside a write transaction; tried once more on a fresh connection if the connection was lost."""
+        try:
+            return self.offload(lambda: work(self.connection()))
+        except psycopg.OperationalError:
+            self.offload(self.close)
+            return self.offload(lambda: work(self.connection()))
+
+    def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
+        """Run every database call through ``offload`` (under gevent, the worker's pool of real threads: the driver
+        blocks while it waits for the server)."""
+        self.offload = offload
+
+    def _transaction(self, work: Callable[[PgSession], Result], durable: bool) -> Result:
+        session = self.connection()
+        with session.connection.transaction():
+            if not durable:
+                session.execute("SET LOCAL synchronous_commit TO OFF")
+            return work(session)
+
+
+def migrate(connection: psycopg.Connection) -> list[int]:
+    """Apply the migrations the database lacks, under an advisory lock so that instances starting together apply each
+    once; the versions applied. SchemaTooNew when the database is ahead of this version."""
+    applied = []
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = (row[0] if row else None) or 0
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database's schema is version {current}, newer than this service's {SCHEMA_VERSION}: "
+                               "run the newer service, or a database of its own")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            applied.append(version)
+    if applied:
+        log.warning("database schema migrated", extra={"fields": {"event": "database-migrated", "versions": applied}})
+    return applied
