@@ -2,8 +2,8 @@
 
 The bodies are CDS Hooks 2.0 feedback on cards the service really issued (a plan card with a suggestion, a
 warning with override reasons), with one field given a JSON type or a length the service does not store.
-Every stored column is read back from the SQLite file: it holds text (or nothing), never another type; the
-clinician's comment is kept only as its length.
+Every stored column is read back from the database (SQLite, and PostgreSQL when there is a server): it holds text
+(or nothing), never another type; the clinician's comment is kept only as its length.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from service import state_of
 from service.feedback import MAX_ITEMS, MAX_LENGTH, MAX_STORED_CHARACTERS, MAX_SUGGESTIONS
 from tests.patients import SERTRALINE, Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
+from tests.storage_backends import BACK_ENDS, admin_rows, fresh_database
 
 FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
 COLUMNS = ("service_id", "card_uuid", "outcome", "accepted_suggestions", "override_system", "override_code", "override_display",
@@ -28,9 +29,14 @@ COLUMNS = ("service_id", "card_uuid", "outcome", "accepted_suggestions", "overri
 pytestmark = pytest.mark.usefixtures("quiet_service_log")
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    return make_app(tmp_path_factory.mktemp("feedback-input"))
+@pytest.fixture(scope="module", params=BACK_ENDS)
+def app(request, tmp_path_factory):
+    """The service on each back end: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield make_app(tmp_path_factory.mktemp("feedback-input"))
+        return
+    with fresh_database() as url:
+        yield make_app(tmp_path_factory.mktemp("feedback-input"), database=url)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,12 @@ def overridden(cards) -> dict:
 
 
 def rows(app) -> list[dict]:
-    """Every feedback row as the SQLite file holds it, with the storage type of each column."""
-    with sqlite3.connect(state_of(app).store.path) as db:
+    """Every feedback row as the database holds it, with the type of each column's value ("null" for none)."""
+    store = state_of(app).store
+    if store.kind == "postgresql":
+        types = ", ".join(f"CASE WHEN {c} IS NULL THEN 'null' ELSE pg_typeof({c})::text END AS {c}_type" for c in (*COLUMNS, "comment_length"))
+        return admin_rows(store.path, f"SELECT *, {types} FROM feedback ORDER BY id")
+    with sqlite3.connect(store.path) as db:
         db.row_factory = sqlite3.Row
         types = ", ".join(f"typeof({c}) AS {c}_type" for c in (*COLUMNS, "comment_length"))
         return [dict(r) for r in db.execute(f"SELECT *, {types} FROM feedback ORDER BY id")]

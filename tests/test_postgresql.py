@@ -1,18 +1,16 @@
 """Shared state: the stores on SQLite and on PostgreSQL, and two service instances on one PostgreSQL database.
 
-The PostgreSQL tests need a server: BACK_SPASM_CDS_TEST_POSTGRESQL names it (a URL whose user may create databases;
-``.ci/run`` starts one and sets it). Each test gets a database of its own, dropped afterwards. Without the variable
-they are skipped, and the same store tests still run on SQLite.
+The PostgreSQL tests need a server (see tests/storage_backends.py); each gets a database of its own, dropped
+afterwards. Without a server they are skipped, and the same store tests still run on SQLite.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,42 +29,15 @@ from service.feedback import FeedbackStore, StorageUnavailable, parse_feedback
 from tests.live_server import LiveServer
 from tests.patients import Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
+from tests.storage_backends import BACK_ENDS, POSTGRESQL, admin_query, fresh_database, needs_postgresql
 
-POSTGRESQL = os.environ.get("BACK_SPASM_CDS_TEST_POSTGRESQL")
-needs_postgresql = pytest.mark.skipif(not POSTGRESQL, reason="no PostgreSQL server: set BACK_SPASM_CDS_TEST_POSTGRESQL "
-                                                             "(a postgresql:// URL whose user may create databases; .ci/run does)")
 BASE = "https://cds.example.org"
 ISSUER = "https://ehr.example.org"
 FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
 MOMENT = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database on the test server (its URL), dropped afterwards with any connection left to it."""
-    import psycopg
-    from psycopg import sql
-
-    name = f"cds_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(POSTGRESQL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlsplit(POSTGRESQL)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(POSTGRESQL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def admin_query(url: str, query: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement on the test database as the test server's user, outside the service; its rows."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as db:
-        cursor = db.execute(query, parameters)
-        return cursor.fetchall() if cursor.description else []
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_postgresql)])
+@pytest.fixture(params=BACK_ENDS)
 def database(request, tmp_path) -> Iterator[str]:
     """The ``database`` setting of each back end: an SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
