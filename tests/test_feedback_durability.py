@@ -1,9 +1,9 @@
 """No acknowledged write is lost and no write is refused for a lock: feedback and token ids under concurrency and crashes.
 
 The crash test runs the real service (``back-spasm-cds serve``, gunicorn with its default workers) on a
-temporary SQLite file, posts feedback from 16 concurrent keep-alive clients, kills the gunicorn master and every
-worker with SIGKILL in the middle, starts the service again on the same file and goes on posting. Every post that
-was answered 200 must then be in the file, and no post may have been answered anything but 200 (a post in flight
+temporary SQLite file (and on a PostgreSQL database when there is a server), posts feedback from 16 concurrent
+keep-alive clients, kills the gunicorn master and every worker with SIGKILL in the middle, starts the service again on
+the same database and goes on posting. Every post that was answered 200 must then be in the database, and no post may have been answered anything but 200 (a post in flight
 at the kill gets no answer at all, which is allowed: the client was never told it was stored).
 """
 
@@ -15,6 +15,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from service.feedback import StorageUnavailable
 from tests.live_server import LiveServer
 from tests.patients import Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
+from tests.storage_backends import BACK_ENDS, admin_query, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 FEEDBACK = f"/cds-services/{PATIENT_VIEW}/feedback"
@@ -57,7 +59,9 @@ def hold_write_lock(path: str) -> sqlite3.Connection:
 
 
 def feedback_rows(path: str | Path) -> list[tuple[str, str]]:
-    """(card, outcomeTimestamp) of every stored feedback row, read straight from the SQLite file."""
+    """(card, outcomeTimestamp) of every stored feedback row, read straight from the SQLite file or PostgreSQL database."""
+    if str(path).startswith("postgresql://"):
+        return [tuple(row) for row in admin_query(str(path), "SELECT card_uuid, outcome_timestamp FROM feedback")]
     with sqlite3.connect(path) as db:
         return db.execute("SELECT card_uuid, outcome_timestamp FROM feedback").fetchall()
 
@@ -134,8 +138,18 @@ def _use_tokens(path: str, jtis: list[str], start: Any, out: Any) -> None:
     out.put([jti for jti in jtis if cache.first_use("https://ehr.example.org", jti, 2_000_000_000, 1_795_600_001)])
 
 
-def test_each_token_id_is_accepted_exactly_once_across_processes(tmp_path):
-    path = str(tmp_path / "cds.sqlite")
+@pytest.fixture(params=BACK_ENDS)
+def database(request, tmp_path) -> Iterator[str]:
+    """The database setting of each back end: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "cds.sqlite")
+    else:
+        with fresh_database() as url:
+            yield url
+
+
+def test_each_token_id_is_accepted_exactly_once_across_processes(database):
+    path = database
     ReplayCache(path)
     jtis = [f"jti-{i}" for i in range(300)]
     context = multiprocessing.get_context("fork")
@@ -202,9 +216,8 @@ def run_until(writers: list[Writer], seconds: float, least: int) -> None:
         time.sleep(0.05)
 
 
-def test_no_acknowledged_feedback_is_lost_when_the_service_is_killed_mid_write(tmp_path):
-    database = tmp_path / "cds.sqlite"
-    server = LiveServer(database)
+def test_no_acknowledged_feedback_is_lost_when_the_service_is_killed_mid_write(tmp_path, database):
+    server = LiveServer(tmp_path / "cds.sqlite", env={"BACK_SPASM_CDS_DATABASE": database})
     server.start()
     stop = threading.Event()
     writers: list[Writer] = []
