@@ -434,9 +434,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         run(args.host, args.port, settings)
     finally:
-        if announcer is not None and announcer.poll() is None:
-            announcer.terminate()
+        if announcer is not None:
+            stop_announcer(announcer)
     return 0
+
+
+def stop_announcer(announcer: subprocess.Popen) -> None:
+    """End the announcing process if it still waits, and collect it."""
+    if announcer.poll() is None:
+        announcer.terminate()
+    try:
+        announcer.wait(5)
+    except subprocess.TimeoutExpired:
+        announcer.kill()
+        announcer.wait(5)
 
 
 # ---------------------------------------------------------------------------------- republish
