@@ -25,6 +25,10 @@ log = logging.getLogger("back_spasm_cds.postgresql")
 
 Result = TypeVar("Result")
 
+#: Errors after which a call is worth another attempt on a new connection: the connection lost or refused, a deadlock,
+#: a serialization failure or a lock waited for past LOCK_TIMEOUT_MS (all OperationalError), a connection found closed.
+RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+
 #: Seconds a connection attempt may take before the database counts as down (then a write is tried again or refused).
 CONNECT_TIMEOUT_SECONDS = 3
 #: Milliseconds one statement may wait for a row lock another transaction holds before it is cancelled and tried again.
@@ -145,20 +149,23 @@ class PostgresDatabase:
         return session
 
     def close(self) -> None:
-        """Close this thread's connection, if it has one of this process (the next use opens a new one)."""
+        """Close this thread's connection, if it has one of this process (the next use opens a new one); one that
+        cannot even be closed (its server gone) is dropped."""
         pid, session = getattr(self._local, "session", (None, None))
         self._local.session = (None, None)
         if session is not None and pid == os.getpid():
-            session.connection.close()
+            try:
+                session.connection.close()
+            except psycopg.Error:
+                pass
 
     def write(self, work: Callable[[PgSession], Result], what: str, durable: bool = True) -> Result:
         """``work(session)`` in one transaction; its result once committed. ``what`` names the write in logs."""
         attempt = 1
         while True:
             try:
-                return self.offload(lambda: self._transaction(work, durable))
-            except psycopg.OperationalError as exc:
-                self.offload(self.close)
+                return self.offload(lambda: self._on_connection(lambda session: self._transaction(session, work, durable)))
+            except RETRYABLE as exc:
                 if attempt >= self._attempts():
                     raise self._unavailable(what, exc, attempt) from None
                 log.info("database write tried again", extra={"fields": {"event": "database-retry", "write": what, "attempt": attempt,
@@ -173,18 +180,27 @@ class PostgresDatabase:
     def read(self, work: Callable[[PgSession], Result]) -> Result:
         """``work(session)`` outside a write transaction; tried once more on a fresh connection if the connection was lost."""
         try:
-            return self.offload(lambda: work(self.connection()))
-        except psycopg.OperationalError:
-            self.offload(self.close)
-            return self.offload(lambda: work(self.connection()))
+            return self.offload(lambda: self._on_connection(work))
+        except RETRYABLE:
+            return self.offload(lambda: self._on_connection(work))
 
     def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
         """Run every database call through ``offload`` (under gevent, the worker's pool of real threads: the driver
         blocks while it waits for the server)."""
         self.offload = offload
 
-    def _transaction(self, work: Callable[[PgSession], Result], durable: bool) -> Result:
-        session = self.connection()
+    def _on_connection(self, call: Callable[[PgSession], Result]) -> Result:
+        """``call`` on this thread's connection, which is closed when the call fails with a RETRYABLE error, so that the
+        thread's next call opens a new one (run in the thread that owns the connection)."""
+        try:
+            return call(self.connection())
+        except RETRYABLE:
+            self.close()
+            raise
+
+    @staticmethod
+    def _transaction(session: PgSession, work: Callable[[PgSession], Result], durable: bool) -> Result:
+        """``work`` in one transaction on ``session``: committed when it returns, rolled back when it raises."""
         with session.connection.transaction():
             if not durable:
                 session.execute("SET LOCAL synchronous_commit TO OFF")
