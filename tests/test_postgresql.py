@@ -164,6 +164,25 @@ def test_while_the_database_is_down_writes_are_503_cards_still_answered_and_read
     assert [row["card_uuid"] for row in state_of(app).store.feedback()] == ["c-1"]
 
 
+def test_no_text_from_the_record_or_a_comment_reaches_a_postgresql_table(postgresql, tmp_path):
+    from tests.test_storage_privacy import COMMENT, DRUG, RXNORM, leaked, warning_and_plan, zyxolamine_patient
+
+    app = make_app(tmp_path, database=postgresql)
+    client = app.test_client()
+    warning, plan = warning_and_plan(app)
+    patient = zyxolamine_patient()
+    assert DRUG in str(cards_of(client, "order-select", hook_body(app, "order-select", patient, [patient.draft_medication((RXNORM, "828348", DRUG))])))
+    items = [{"card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:02:00Z",
+              "overrideReason": {"reason": warning["overrideReasons"][0], "userComment": COMMENT}}]
+    assert client.post(FEEDBACK, json={"feedback": items}).status_code == 200
+    tables = [row[0] for row in admin_query(postgresql, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    assert {"issued_card", "issued_suggestion", "feedback", "seen_jti", "schema_version"} == set(tables)
+    stored = "".join(str(row) for table in tables for row in admin_query(postgresql, f"SELECT t::text FROM {table} t"))
+    assert leaked(stored.encode()) == []
+    assert state_of(app).store.card(warning["uuid"])["topic"] == "cyclobenzaprine" and plan["uuid"] in stored
+    assert state_of(app).store.feedback(warning["uuid"])[0]["comment_length"] == len(COMMENT)
+
+
 # -- two service instances on one PostgreSQL -----------------------------------------------------------------------------
 
 
