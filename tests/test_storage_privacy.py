@@ -7,7 +7,8 @@ WAL and shared-memory files as raw bytes, and every log line the service wrote, 
 database made by the previous version (which kept summaries, labels and comments) is opened and must keep its
 rows and lose the text. Nothing is kept for ever: with the store's clock moved past the retention, old cards,
 suggestions, feedback and token ids are deleted, and the service goes on answering. The files are the service
-user's alone (0600), whatever the umask, and files left readable by others are tightened at start.
+user's alone (0600), whatever the umask, and files left readable by others are tightened at start. The tests of what
+is recorded and purged run on PostgreSQL too when there is a server (tests/storage_backends.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from service.feedback import MAX_RECORDED_CARDS, MAX_RECORDED_SUGGESTIONS, Feedb
 from service.logs import JsonFormatter
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient
 from tests.service_helpers import ORDER_SIGN, PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
+from tests.storage_backends import BACK_ENDS, admin_query, fresh_database
 
 DRUG = "Zyxolamine 99 mg"
 COMMENT = "Mrs Quillfeather of 12 Larkspur Row refused; her daughter agrees"
@@ -56,10 +58,17 @@ CREATE INDEX IF NOT EXISTS feedback_card ON feedback(card_uuid);
 """
 
 
+def query(path: str | Path, statement: str, parameters: tuple = ()) -> list[tuple]:
+    """The rows of a statement run on the database (an SQLite file or a PostgreSQL URL) outside the service."""
+    if str(path).startswith("postgresql://"):
+        return [tuple(row) for row in admin_query(str(path), statement.replace("?", "%s"), parameters)]
+    with sqlite3.connect(path) as db:
+        return db.execute(statement, parameters).fetchall()
+
+
 def count(path: str | Path, table: str) -> int:
     """How many rows a table of the database holds."""
-    with sqlite3.connect(path) as db:
-        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return query(path, f"SELECT count(*) FROM {table}")[0][0]
 
 
 def database_bytes(path: str | Path) -> bytes:
@@ -79,9 +88,25 @@ def zyxolamine_patient() -> Patient:
     return patient
 
 
+@pytest.fixture(params=BACK_ENDS)
+def database(request, tmp_path) -> Iterator[str]:
+    """The database setting of each back end: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "service" / "cds.sqlite")
+    else:
+        with fresh_database() as url:
+            yield url
+
+
 @pytest.fixture
-def app(tmp_path):
-    return make_app(tmp_path / "service")
+def app(tmp_path, database):
+    return make_app(tmp_path / "service", database=database)
+
+
+def sqlite_only(app) -> None:
+    """Skip a test that reads the SQLite files as raw bytes on PostgreSQL (tests/test_postgresql.py reads its tables)."""
+    if state_of(app).store.kind != "sqlite":
+        pytest.skip("reads the SQLite files as raw bytes; tests/test_postgresql.py checks the PostgreSQL tables")
 
 
 @contextmanager
@@ -122,6 +147,7 @@ def warning_and_plan(app) -> tuple[dict, dict]:
 
 
 def test_record_text_on_cards_reaches_neither_the_database_nor_the_log(app, log_output):
+    sqlite_only(app)
     client = app.test_client()
     warning, plan = warning_and_plan(app)
     patient = zyxolamine_patient()
@@ -139,6 +165,7 @@ def test_record_text_on_cards_reaches_neither_the_database_nor_the_log(app, log_
 
 
 def test_a_comment_is_kept_only_as_its_length(app, log_output):
+    sqlite_only(app)
     warning, plan = warning_and_plan(app)
     reason = warning["overrideReasons"][0]
     items = [{"card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:02:00Z",
@@ -176,8 +203,8 @@ def test_a_call_with_many_draft_orders_gets_all_its_cards_and_adds_a_bounded_rec
     assert '"cards-recorded-in-part"' in log_output.getvalue()
 
 
-def test_at_most_so_many_suggestions_of_a_card_are_recorded(tmp_path):
-    store = FeedbackStore(tmp_path / "cds.sqlite")
+def test_at_most_so_many_suggestions_of_a_card_are_recorded(database):
+    store = FeedbackStore(database)
     store.record_cards(PATIENT_VIEW, "patient-view", "hook-1",
                        [IssuedCard("card-1", "action", "topic", "info", [f"s-{n}" for n in range(3 * MAX_RECORDED_SUGGESTIONS)])])
     assert count(store.path, "issued_suggestion") == MAX_RECORDED_SUGGESTIONS
@@ -304,9 +331,8 @@ def test_cards_suggestions_and_feedback_older_than_the_retention_are_deleted(app
     new_warning, new_plan = visit(app, 2)
     for card in (old_warning, old_plan):
         assert store.card(card["uuid"]) is None and store.feedback(card["uuid"]) == []
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT count(*) FROM issued_suggestion WHERE uuid = ?", (old_plan["suggestions"][0]["uuid"],)).fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM issued_suggestion WHERE card_uuid NOT IN (SELECT uuid FROM issued_card)").fetchone()[0] == 0
+    assert query(store.path, "SELECT count(*) FROM issued_suggestion WHERE uuid = ?", (old_plan["suggestions"][0]["uuid"],))[0][0] == 0
+    assert query(store.path, "SELECT count(*) FROM issued_suggestion WHERE card_uuid NOT IN (SELECT uuid FROM issued_card)")[0][0] == 0
     for card in (recent_warning, recent_plan, new_warning, new_plan):
         assert store.card(card["uuid"]) is not None and store.feedback(card["uuid"])[0]["card_known"] == 1
     purges = [line for line in log_output.getvalue().splitlines() if '"database-purge"' in line]
@@ -318,13 +344,12 @@ def item(card: str) -> list[FeedbackItem]:
     return parse_feedback({"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]})
 
 
-def test_the_purge_runs_on_the_first_write_of_each_hour(tmp_path):
+def test_the_purge_runs_on_the_first_write_of_each_hour(database):
     clock = MovableClock(CLOCK)
-    store = FeedbackStore(tmp_path / "cds.sqlite", clock=clock)
+    store = FeedbackStore(database, clock=clock)
     store.record_feedback(PATIENT_VIEW, item("c-1"))
-    with sqlite3.connect(store.path) as db:
-        db.execute("INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, received_at, card_known)"
-                   " VALUES (?, 'ancient', 'accepted', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00.000Z', 0)", (PATIENT_VIEW,))
+    query(store.path, "INSERT INTO feedback (service_id, card_uuid, outcome, outcome_timestamp, received_at, card_known)"
+                      " VALUES (?, 'ancient', 'accepted', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00.000Z', 0)", (PATIENT_VIEW,))
     clock.now += timedelta(minutes=59)
     store.record_feedback(PATIENT_VIEW, item("c-2"))
     assert store.feedback("ancient"), "no second purge within the hour"
@@ -333,8 +358,8 @@ def test_the_purge_runs_on_the_first_write_of_each_hour(tmp_path):
     assert store.feedback("ancient") == [] and len(store.feedback()) == 3
 
 
-def test_retention_days_0_keeps_everything(tmp_path):
-    app = make_app(tmp_path, retention_days=0)
+def test_retention_days_0_keeps_everything(tmp_path, database):
+    app = make_app(tmp_path, database=database, retention_days=0)
     store = state_of(app).store
     clock = store.clock = MovableClock(CLOCK)
     warning, _ = visit(app)
@@ -343,8 +368,8 @@ def test_retention_days_0_keeps_everything(tmp_path):
     assert store.card(warning["uuid"]) is not None and store.feedback(warning["uuid"])
 
 
-def test_the_retention_setting_is_used(tmp_path):
-    app = make_app(tmp_path, retention_days=7)
+def test_the_retention_setting_is_used(tmp_path, database):
+    app = make_app(tmp_path, database=database, retention_days=7)
     store = state_of(app).store
     clock = store.clock = MovableClock(CLOCK)
     warning, _ = visit(app)
@@ -377,15 +402,14 @@ def test_a_purge_that_fails_fails_no_request(app, log_output, monkeypatch):
     assert '"database-purge-failed"' in log_output.getvalue()
 
 
-def test_expired_token_ids_are_deleted_at_most_once_a_minute(tmp_path):
-    path = tmp_path / "cds.sqlite"
-    cache = ReplayCache(str(path))
+def test_expired_token_ids_are_deleted_at_most_once_a_minute(database):
+    path = FeedbackStore(database).path
+    cache = ReplayCache(path)
     t0 = int(CLOCK.timestamp())
     iss = "https://ehr.example.org"
 
     def kept() -> list[str]:
-        with sqlite3.connect(path) as db:
-            return sorted(row[0] for row in db.execute("SELECT jti FROM seen_jti"))
+        return sorted(row[0] for row in query(path, "SELECT jti FROM seen_jti"))
 
     assert cache.first_use(iss, "expires-first", t0 + 100, t0)
     assert cache.first_use(iss, "expires-next", t0 + 180, t0 + 1)
