@@ -1,7 +1,8 @@
 """The protocol as a FHIR NPM package (``.tgz``), the format FHIR servers and IG tooling load.
 
 Layout: ``package/package.json`` (name, version, canonical, fhirVersions, dependencies...), one file per
-resource ``package/{Type}-{id}.json``, and ``package/.index.json`` listing them (index-version 2).
+resource ``package/{Type}-{id}.json`` (the artifacts, and on request the ImplementationGuide that describes the
+package), and ``package/.index.json`` listing them (index-version 2).
 """
 
 from __future__ import annotations
@@ -38,10 +39,43 @@ def manifest(content: Content) -> dict[str, Any]:
     }
 
 
-def index(content: Content) -> dict[str, Any]:
-    """.index.json: one entry per resource file."""
+def implementation_guide(content: Content) -> dict[str, Any]:
+    """The ImplementationGuide resource of the package: its identity (packageId, version, canonical) and the list of
+    the artifacts it holds, as FHIR servers and IG tooling read a package's contents."""
+    pub = content.publication
+    guide: dict[str, Any] = {
+        "resourceType": "ImplementationGuide",
+        "id": pub["packageId"],
+        "url": f"{pub['canonical']}/ImplementationGuide/{pub['packageId']}",
+        "version": pub["version"],
+        "name": pub["name"],
+        "title": pub["title"],
+        "status": pub["status"],
+        "experimental": pub["experimental"],
+        "date": pub["date"],
+        "publisher": pub["publisher"],
+        "contact": pub.get("contact", []),
+        "jurisdiction": pub.get("jurisdiction", []),
+        "packageId": pub["packageId"],
+        "license": pub.get("license", "Apache-2.0"),
+        "fhirVersion": [pub["fhirVersion"]],
+        "definition": {"resource": [
+            {"reference": {"reference": f"{r['resourceType']}/{r['id']}"},
+             "name": r.get("title") or r.get("name") or r["id"], "exampleBoolean": False}
+            for r in content.resources]},
+    }
+    return {key: value for key, value in guide.items() if value != []}
+
+
+def _resources(content: Content, with_guide: bool) -> list[dict[str, Any]]:
+    """Every resource the package holds: the artifacts, then (``with_guide``) the ImplementationGuide."""
+    return [*content.resources, implementation_guide(content)] if with_guide else list(content.resources)
+
+
+def index(content: Content, with_guide: bool = False) -> dict[str, Any]:
+    """.index.json: one entry per resource file (the artifacts, and the ImplementationGuide ``with_guide``)."""
     files = []
-    for resource in content.resources:
+    for resource in _resources(content, with_guide):
         entry = {"filename": f"{resource['resourceType']}-{resource['id']}.json", "resourceType": resource["resourceType"], "id": resource["id"]}
         for key in ("url", "version", "kind", "type"):
             if isinstance(resource.get(key), str):
@@ -59,8 +93,9 @@ def _add(archive: tarfile.TarFile, name: str, data: Any) -> None:
     archive.addfile(info, io.BytesIO(raw))
 
 
-def build_package(content: Content, out_dir: Path) -> Path:
-    """Write ``{name}-{version}.tgz`` into out_dir and return its path."""
+def build_package(content: Content, out_dir: Path, with_guide: bool = False) -> Path:
+    """Write ``{name}-{version}.tgz`` into out_dir and return its path; ``with_guide`` adds the ImplementationGuide
+    resource describing the package, beside ``.index.json`` and listed in it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pub = content.publication
     path = out_dir / f"{pub['packageId']}-{pub['version']}.tgz"
@@ -68,8 +103,8 @@ def build_package(content: Content, out_dir: Path) -> Path:
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=FIXED_MTIME) as compressed:
         with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as archive:
             _add(archive, "package.json", manifest(content))
-            _add(archive, ".index.json", index(content))
-            for resource in content.resources:
+            _add(archive, ".index.json", index(content, with_guide))
+            for resource in _resources(content, with_guide):
                 _add(archive, f"{resource['resourceType']}-{resource['id']}.json", resource)
     path.write_bytes(buffer.getvalue())
     return path

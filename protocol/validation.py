@@ -68,6 +68,17 @@ TRIGGER_TYPES = {"named-event", "periodic", "data-changed", "data-added", "data-
                  "data-accessed", "data-access-ended"}
 ACTION_TYPES = {"create", "update", "remove", "fire-event"}
 
+# Profiles the artifacts declare in meta.profile, and the elements each requires beyond the base resource. R4 core
+# shareable profiles (ShareablePlanDefinition and its siblings): url, version, name, experimental, publisher and
+# description 1..1. CPG computable PlanDefinition: type 1..1, action 1..*, library 0..1. CPG activity profiles:
+# kind and profile fixed, and the request's intent a proposal (checked where the engine reads it, check_activity).
+SHAREABLE_ELEMENTS = ("url", "version", "name", "experimental", "publisher", "description")
+SHAREABLE = {rtype: f"http://hl7.org/fhir/StructureDefinition/shareable{rtype.lower()}"
+             for rtype in ("PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem")}
+CPG = "http://hl7.org/fhir/uv/cpg/StructureDefinition/"
+CPG_COMPUTABLE_PLAN = CPG + "cpg-computableplandefinition"
+CPG_ACTIVITY_KINDS = {CPG + "cpg-servicerequestactivity": "ServiceRequest", CPG + "cpg-medicationrequestactivity": "MedicationRequest"}
+
 SIMPLE_PATH = re.compile(r"^%?[A-Za-z][A-Za-z0-9]*(\[\d+\])?(\.[A-Za-z][A-Za-z0-9]*(\[\d+\])?)*$")
 MEMBER_OF = re.compile(r"memberOf\(\s*'([^']*)'\s*\)")
 
@@ -144,6 +155,7 @@ class _ResourceChecker:
         if not self.check_structure():
             return
         self.check_publication()
+        self.check_profiles()
         self.check_codes()
         self.check_references()
         self.check_expressions()
@@ -192,6 +204,35 @@ class _ResourceChecker:
             self.add(f"{self.type}.version", f"expected {pub['version']} (from publication.json)")
         if self.resource.get("status") not in PUBLICATION_STATUS:
             self.add(f"{self.type}.status", f"'{self.resource.get('status')}' is not a publication status")
+
+    # -- profiles -------------------------------------------------------------------------------
+    def check_profiles(self) -> None:
+        """Each artifact declares the shareable profile of its type, and has what every profile it declares requires."""
+        profiles = (self.resource.get("meta") or {}).get("profile") or []
+        shareable = SHAREABLE.get(self.type)
+        if shareable and shareable not in profiles:
+            self.add(f"{self.type}.meta.profile", f"declare {shareable}: every artifact is shareable")
+        if shareable in profiles:
+            for element in SHAREABLE_ELEMENTS:
+                if self.resource.get(element) in (None, ""):
+                    self.add(f"{self.type}.{element}", f"required by {shareable}")
+        if CPG_COMPUTABLE_PLAN in profiles:
+            self.check_computable_plan()
+        for profile, kind in CPG_ACTIVITY_KINDS.items():
+            if profile in profiles:
+                if self.resource.get("kind") != kind:
+                    self.add(f"{self.type}.kind", f"{profile} requires kind {kind}")
+                if self.resource.get("profile") is None:
+                    self.add(f"{self.type}.profile", f"{profile} requires the profile of the request it creates")
+
+    def check_computable_plan(self) -> None:
+        """CPG computable PlanDefinition: a type, at least one action and at most one (primary) library."""
+        if not self.resource.get("type"):
+            self.add(f"{self.type}.type", f"required by {CPG_COMPUTABLE_PLAN}")
+        if not self.resource.get("action"):
+            self.add(f"{self.type}.action", f"at least one action, required by {CPG_COMPUTABLE_PLAN}")
+        if len(self.resource.get("library") or []) > 1:
+            self.add(f"{self.type}.library", f"at most one (primary) library in {CPG_COMPUTABLE_PLAN}")
 
     # -- codes ----------------------------------------------------------------------------------
     def check_codes(self) -> None:

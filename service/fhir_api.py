@@ -1,4 +1,5 @@
-"""The protocol's FHIR face under ``/fhir``: read and search of the artifacts, $apply, $expand, metadata.
+"""The protocol's FHIR face under ``/fhir``: read and search of the artifacts, $apply, $expand, $data-requirements,
+$package, metadata.
 
 The same engine as the CDS Hooks path answers ``PlanDefinition/$apply`` (R4: the CarePlan) and
 ``PlanDefinition/$r5.apply`` (R5: a Parameters whose ``return`` is the Bundle, as the reference
@@ -32,6 +33,7 @@ from werkzeug.datastructures import MultiDict
 from protocol.content import TYPE_ORDER
 from protocol.engine import ApplyError, Deadline
 from protocol.output import bundle_r5, careplan_r4
+from protocol.requirements import module_definition, package_bundle
 from service.errors import BadRequest, NotFound, ServiceError
 from service.hook_request import read_json_body
 from service.hooks import bounded_work_error
@@ -386,7 +388,7 @@ def metadata() -> Response:
         "implementation": {"description": f"{pub['title']}: knowledge artifacts and $apply", "url": _base()},
         "fhirVersion": "4.0.1",
         "format": ["json"],
-        "rest": [{"mode": "server", "documentation": "Read-only knowledge repository of the protocol, with $apply and $expand. "
+        "rest": [{"mode": "server", "documentation": "Read-only knowledge repository of the protocol, with $apply, $expand, $data-requirements and $package. "
                                                      + SEARCH_DOCUMENTATION,
                   "security": {"description": "Bearer JWT of a trusted CDS client (CDS Hooks 2.0), aud = the URL called."},
                   "resource": resources}],
@@ -477,6 +479,8 @@ PLAN_APPLY = Operation("$apply", APPLY_SUBJECT, ("data", "parameters"), APPLY_CO
 PLAN_APPLY_BY_URL = Operation("$apply", ("url", "version", *APPLY_SUBJECT), ("data", "parameters"), APPLY_CONTEXT)
 PLAN_R5_APPLY = Operation("$r5.apply", PLAN_APPLY.primitive, PLAN_APPLY.resources, APPLY_CONTEXT)
 PLAN_R5_APPLY_BY_URL = Operation("$r5.apply", PLAN_APPLY_BY_URL.primitive, PLAN_APPLY.resources, APPLY_CONTEXT)
+DATA_REQUIREMENTS = Operation("$data-requirements", ())
+PACKAGE = Operation("$package", ())
 EXPAND = Operation("$expand", ("filter", "offset", "count"))
 EXPAND_BY_URL = Operation("$expand", ("url", "valueSetVersion", "filter", "offset", "count"))
 
@@ -700,6 +704,33 @@ def apply_activity(rid: str) -> Response:
     if resource is None:
         raise ServiceError("the ActivityDefinition produced no resource", status=422, details=[i.diagnostics for i in issues])
     return fhir(resource)
+
+
+@bp.route("/PlanDefinition/<rid>/$data-requirements", methods=["GET", "POST"])
+def plan_data_requirements(rid: str) -> Response:
+    """PlanDefinition/$data-requirements: the module-definition Library of what the plan reads and uses."""
+    return _data_requirements("PlanDefinition", rid)
+
+
+@bp.route("/Library/<rid>/$data-requirements", methods=["GET", "POST"])
+def library_data_requirements(rid: str) -> Response:
+    """Library/$data-requirements: the module-definition Library of what the library reads and uses."""
+    return _data_requirements("Library", rid)
+
+
+def _data_requirements(rtype: str, rid: str) -> Response:
+    """$data-requirements on one artifact (no parameters): the same requirements the discovery prefetch is built from."""
+    artifact = _artifact(rtype, rid)
+    _operation_parameters(DATA_REQUIREMENTS)
+    return fhir(module_definition(_state().engine.content, artifact))
+
+
+@bp.route("/PlanDefinition/<rid>/$package", methods=["GET", "POST"])
+def plan_package(rid: str) -> Response:
+    """PlanDefinition/$package: a Bundle of the plan and every artifact it depends on, each once."""
+    artifact = _artifact("PlanDefinition", rid)
+    _operation_parameters(PACKAGE)
+    return fhir(package_bundle(_state().engine.content, artifact))
 
 
 @bp.route("/ValueSet/<rid>/$expand", methods=["GET", "POST"])

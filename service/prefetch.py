@@ -44,6 +44,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from protocol.engine import CompiledPlan, Engine
 from protocol.jsondata import JsonShapeError, check_shape
+from protocol.requirements import data_requirements
 from service.errors import PreconditionFailed
 from service.hook_request import FHIR_ID
 from service.urls import below, fhir_base
@@ -64,22 +65,11 @@ READ_CHUNK = 64 * 1024
 # -- templates ----------------------------------------------------------------------------------------------
 
 
-def data_requirements(plan: CompiledPlan) -> list[Mapping[str, Any]]:
-    """Every data requirement a plan reads: its libraries' and its actions' inputs."""
-    found = [dr for library in plan.libraries for dr in library.data.values()]
-    stack = list(plan.actions)
-    while stack:
-        action = stack.pop()
-        found.extend(action.inputs.values())
-        stack.extend(action.children)
-    return found
-
-
 def prefetch_templates(engine: Engine, plan: CompiledPlan, url_limit: int) -> dict[str, str]:
     """Prefetch templates for a plan: the patient, then one search per resource type it reads."""
     templates = {"patient": f"Patient/{PATIENT_TOKEN}"}
     by_type: dict[str, list[Mapping[str, Any]]] = {}
-    for requirement in data_requirements(plan):
+    for requirement in data_requirements(engine.content, plan.resource):
         by_type.setdefault(requirement.get("type", ""), []).append(requirement)
     for rtype in sorted(t for t in by_type if t and t != "Patient"):
         base = f"{rtype}?patient={PATIENT_TOKEN}"
