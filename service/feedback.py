@@ -491,6 +491,15 @@ class SqliteFile:
         return StorageUnavailable(f"the database cannot take the {what} now; send it again later")
 
 
+#: The version of the SQLite schema, kept in the file's ``user_version``: 1 is the schema of TABLES and INDEXES with
+#: ``seen_jti`` (an unstamped file is brought to it by upgrade_tables). A file of a higher version is refused at start.
+SQLITE_SCHEMA_VERSION = 1
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was made or migrated by a newer version of the service: this one must not write to it."""
+
+
 #: Days cards and feedback are kept when the settings say nothing (Settings.retention_days); 0 keeps them for ever.
 DEFAULT_RETENTION_DAYS = Settings.retention_days
 #: One process purges at most this often: on its first write once this long has passed since its last purge.
@@ -572,12 +581,23 @@ class FeedbackStore:
         return self._database.connection()
 
     def _upgrade(self) -> None:
-        """Bring a database made by an earlier version to this schema, keeping its rows (see upgrade_tables); then move
-        the rewritten pages into the database file and empty the WAL, so the dropped text is left in neither. A database
-        of this version is only read (no write lock is taken)."""
-        if not any(_outdated(self._connection(), table) for table in TABLES):
+        """Bring a database made by an earlier version to this schema, keeping its rows (see upgrade_tables), and stamp
+        it with SQLITE_SCHEMA_VERSION (``PRAGMA user_version``), in one write; then move the rewritten pages into the
+        database file and empty the WAL, so the dropped text is left in neither. A database stamped with this version is
+        only read (no write lock is taken); one stamped by a newer version is refused (SchemaTooNew)."""
+        version = self._connection().execute("PRAGMA user_version").fetchone()[0]
+        if version > SQLITE_SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database's schema is version {version}, newer than this service's {SQLITE_SCHEMA_VERSION}: "
+                               "run the newer service, or a database of its own")
+        if version == SQLITE_SCHEMA_VERSION:
             return
-        upgraded = self._database.write(upgrade_tables, "schema upgrade")
+
+        def upgrade(db: sqlite3.Connection) -> list[str]:
+            tables = upgrade_tables(db)
+            db.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
+            return tables
+
+        upgraded = self._database.write(upgrade, "schema upgrade")
         if not upgraded:
             return
         busy = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]

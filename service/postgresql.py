@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from service.feedback import SchemaTooNew
+
 log = logging.getLogger("back_spasm_cds.postgresql")
 
 Result = TypeVar("Result")
@@ -78,10 +80,6 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer version of the service: this one must not write to it."""
 
 
 def _call(function: Callable[[], Result]) -> Result:

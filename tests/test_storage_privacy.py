@@ -477,3 +477,15 @@ def test_files_readable_by_others_are_tightened_at_start_and_logged_once(tmp_pat
     tightened = [line for line in log.getvalue().splitlines() if '"database-permissions"' in line]
     assert len(tightened) == 3 and all('"mode":"0o644"' in line for line in tightened), tightened
     assert sorted(name for name in modes(path) for line in tightened if f'{name}"' in line) == sorted(modes(path))
+
+
+def test_an_sqlite_database_is_stamped_with_its_schema_version_and_a_newer_one_is_refused(tmp_path):
+    from service.feedback import SQLITE_SCHEMA_VERSION, SchemaTooNew
+
+    path = tmp_path / "cds.sqlite"
+    FeedbackStore(path).record_feedback(PATIENT_VIEW, item("c-1"))
+    assert query(path, "PRAGMA user_version") == [(SQLITE_SCHEMA_VERSION,)]
+    query(path, f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNew):
+        FeedbackStore(path)
+    assert count(path, "feedback") == 1, "the newer database is left as it was"
