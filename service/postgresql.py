@@ -1,6 +1,6 @@
 """The shared PostgreSQL database of many service instances: connections, transactions, retries and the schema's migrations.
 
-Used when the ``database`` setting is a ``postgresql://`` URL (see service.storage). It offers what SqliteFile offers the
+Used when the ``database`` setting is a ``postgresql://`` URL (see service.feedback.open_database). It offers what SqliteFile offers the
 stores (``write``, ``read``, ``run_calls_with``), so the stores' statements run unchanged on either database: they are
 written once with ``?`` placeholders, which PgSession turns into the driver's ``%s`` (values are always sent apart
 from the statement, never formatted into it).
