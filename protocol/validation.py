@@ -218,12 +218,28 @@ class _ResourceChecker:
                     self.add(f"{self.type}.{element}", f"required by {shareable}")
         if CPG_COMPUTABLE_PLAN in profiles:
             self.check_computable_plan()
+        if self.type == "ValueSet":
+            self.check_expansion()
         for profile, kind in CPG_ACTIVITY_KINDS.items():
             if profile in profiles:
                 if self.resource.get("kind") != kind:
                     self.add(f"{self.type}.kind", f"{profile} requires kind {kind}")
                 if self.resource.get("profile") is None:
                     self.add(f"{self.type}.profile", f"{profile} requires the profile of the request it creates")
+
+    def check_expansion(self) -> None:
+        """A ValueSet ships its whole expansion (timestamp, total, every code with its system): membership, ``$expand``
+        and ``$package`` answer from it, so that no terminology server is needed."""
+        expansion = self.resource.get("expansion")
+        if not expansion:
+            self.add("ValueSet.expansion", "missing: ship the expansion (scripts/make_valuesets.py builds it)")
+            return
+        contains = expansion.get("contains") or []
+        if expansion.get("total") != len(contains):
+            self.add("ValueSet.expansion.total", f"{expansion.get('total')} but {len(contains)} codes listed: ship the whole expansion")
+        for i, concept in enumerate(contains):
+            if not concept.get("system") or not concept.get("code"):
+                self.add(f"ValueSet.expansion.contains[{i}]", "a code with its system")
 
     def check_computable_plan(self) -> None:
         """CPG computable PlanDefinition: a type, at least one action and at most one (primary) library."""

@@ -211,6 +211,18 @@ def test_validate_checks_the_computable_plan_and_activity_profiles():
     assert any(p.path == "ActivityDefinition.meta.profile" and SHAREABLE["ActivityDefinition"] in p.message for p in problems), problems
 
 
+def test_validate_wants_every_valueset_to_ship_its_whole_expansion():
+    content = load_content()
+    resources = copy.deepcopy(content.resources)
+    valuesets = [r for r in resources if r["resourceType"] == "ValueSet"]
+    del valuesets[0]["expansion"]
+    valuesets[1]["expansion"]["contains"].pop()
+    problems = validate_content(Content(directory=content.directory, publication=content.publication, resources=resources))
+    found = {(p.file, p.path) for p in problems}
+    assert (f"ValueSet-{valuesets[0]['id']}.json", "ValueSet.expansion") in found, problems
+    assert (f"ValueSet-{valuesets[1]['id']}.json", "ValueSet.expansion.total") in found, problems
+
+
 # -- the NPM package's ImplementationGuide ------------------------------------------------------------------------
 
 def test_package_carries_an_implementation_guide(tmp_path, engine):
