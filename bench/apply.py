@@ -1,7 +1,7 @@
 """Benchmark: in-process patient-view $apply of the treatment pathway over a realistic record.
 
 Builds a record of N resources (default 200: conditions, medications, observations, procedures,
-encounters) from a Synthea patient of ../shared/data/synthea, with an active back spasm (onset 20 hours
+encounters) from a Synthea patient of tests/data/synthea, with an active back spasm (onset 20 hours
 before the clock, severe), a recent pain score and an active sertraline prescription added, and reports
 p50/p99 of ``Engine.apply`` + ``careplan_r4`` over many runs, next to a plain ``json.loads`` of the same data.
 Several sizes show how the cost grows with the number of resources.
@@ -27,7 +27,7 @@ from protocol.content import load_content  # noqa: E402
 from protocol.engine import Engine  # noqa: E402
 from protocol.output import careplan_r4  # noqa: E402
 
-SYNTHEA = ROOT.parent / "shared" / "data" / "synthea"
+SYNTHEA = ROOT / "tests" / "data" / "synthea"
 SOURCES = ["chronic-pain-ankle-sprain-physical-therapy.json", "whiplash-opioids-physical-therapy.json",
            "whiplash-chronic-pain-older-adult.json", "whiplash-ankle-sprain-young-adult.json"]
 KEEP = ("Condition", "MedicationRequest", "Observation", "Procedure", "Encounter")

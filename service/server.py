@@ -222,5 +222,6 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "limit_request_line": 8190,
+        "control_socket_disable": True,  # one control socket per user otherwise: a second instance would take it over
     }
     _Gunicorn(app, options, settings.max_body_bytes).run()
