@@ -114,6 +114,12 @@ def test_a_new_data_requirement_reaches_both_answers():
     assert any(r["id"] == "procedures" for r in module_definition(changed, plan.resource)["dataRequirement"])
 
 
+def test_data_requirements_pass_the_independent_checker(client, tmp_path):
+    library = client.get(f"/fhir/PlanDefinition/{REVIEW}/$data-requirements").get_json()
+    code, report = fhir_check(data=library, tmp_path=tmp_path)
+    assert code == 0, report
+
+
 def test_data_requirements_refuses_parameters_and_unknown_artifacts(client):
     assert client.get(f"/fhir/PlanDefinition/{PATHWAY}/$data-requirements?subject=Patient/1").status_code == 400
     assert client.get("/fhir/PlanDefinition/nope/$data-requirements").status_code == 404
