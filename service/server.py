@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -177,6 +178,18 @@ def _patch_for_gevent() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
         monkey.patch_all()
+    sys.unraisablehook = _quiet_at_exit(sys.unraisablehook)
+
+
+def _quiet_at_exit(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops what Python reports while it shuts down (logging's clean-up then
+    meets gevent's thread functions already torn down: noise, not a fault) and passes on everything else."""
+
+    def quiet(unraisable: Any, finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        if not finalizing():  # bound now: the module's globals are gone by the time Python shuts down
+            hook(unraisable)
+
+    return quiet
 
 
 def _database_calls_in_threads(app: Any) -> None:
