@@ -132,7 +132,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
     out = output_file(args.out)
     content = read_content(args)
-    write_json(artifact_bundle(content, args.type), out)
+    if args.conditional and args.type != "transaction":
+        raise UsageError("--conditional makes a transaction: it cannot be used with --type collection")
+    write_json(artifact_bundle(content, args.type, conditional=args.conditional), out)
     if out:
         print(f"wrote {args.type} Bundle of {len(content.resources)} artifacts to {out}", file=sys.stderr)
     return 0
@@ -635,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bundle", cmd_bundle)
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="output file (default: standard output)")
     p.add_argument("--type", choices=("transaction", "collection"), default="transaction", help="Bundle type (default: transaction)")
+    p.add_argument("--conditional", action="store_true",
+                   help="create each artifact only if the server has none with its url and version (POST with ifNoneExist)")
 
     p = command("apply", cmd_apply)
     p.add_argument("--data", type=Path, required=True, metavar="FILE", help="a Bundle of the patient's data, or a CDS Hooks request body")

@@ -93,7 +93,7 @@ def _add(archive: tarfile.TarFile, name: str, data: Any) -> None:
     archive.addfile(info, io.BytesIO(raw))
 
 
-def build_package(content: Content, out_dir: Path, with_guide: bool = False) -> Path:
+def build_package(content: Content, out_dir: Path, with_guide: bool = True) -> Path:
     """Write ``{name}-{version}.tgz`` into out_dir and return its path; ``with_guide`` adds the ImplementationGuide
     resource describing the package, beside ``.index.json`` and listed in it."""
     out_dir.mkdir(parents=True, exist_ok=True)

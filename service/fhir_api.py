@@ -347,10 +347,18 @@ def _operations(rtype: str) -> list[dict[str, str]]:
                  "parameters in the URL, which applies the plan to an empty record. On the type, url and version name the "
                  "definition. userType, userLanguage, userTaskContext, setting, settingContext and useServerData are "
                  "accepted and not used; any other parameter is a 400.")
+    requirements_doc = ("GET or POST, on one artifact, no parameters: a module-definition Library of every data requirement "
+                        "(code filters by ValueSet, date filters) and of every artifact and code system it depends on; the "
+                        "CDS Hooks prefetch templates are made from the same requirements.")
     operations = {
         "PlanDefinition": [("apply", "http://hl7.org/fhir/OperationDefinition/PlanDefinition-apply", apply_doc),
                            ("r5.apply", "http://hl7.org/fhir/uv/cpg/OperationDefinition/cpg-plandefinition-apply",
-                            apply_doc + " The answer is a Parameters whose return is the R5 Bundle.")],
+                            apply_doc + " The answer is a Parameters whose return is the R5 Bundle."),
+                           ("data-requirements", "http://hl7.org/fhir/OperationDefinition/PlanDefinition-data-requirements", requirements_doc),
+                           ("package", "http://hl7.org/fhir/uv/crmi/OperationDefinition/crmi-package",
+                            "GET or POST, on one PlanDefinition, no parameters: a collection Bundle of the plan and every "
+                            "artifact it depends on, each once (ValueSets with their expansions).")],
+        "Library": [("data-requirements", "http://hl7.org/fhir/OperationDefinition/Library-data-requirements", requirements_doc)],
         "ActivityDefinition": [("apply", "http://hl7.org/fhir/OperationDefinition/ActivityDefinition-apply", apply_doc)],
         "ValueSet": [("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
                       ("GET or POST, from the shipped expansion: ValueSet/{id}/$expand, or ValueSet/$expand with url "

@@ -251,7 +251,7 @@ def test_package_carries_an_implementation_guide(tmp_path, engine):
 
 
 def test_package_without_the_guide_is_the_artifacts_only(tmp_path, engine):
-    with tarfile.open(build_package(engine.content, tmp_path), "r:gz") as archive:
+    with tarfile.open(build_package(engine.content, tmp_path, with_guide=False), "r:gz") as archive:
         assert not any("ImplementationGuide" in name for name in archive.getnames())
 
 

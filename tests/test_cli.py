@@ -586,3 +586,18 @@ def test_the_default_batch_is_50_entries(tmp_path, httpserver, capsys):
 def test_a_batch_size_below_1_is_a_mistake(capsys):
     assert main(["push", "--dry-run", "--batch-size", "0"]) == 2
     assert "argument --batch-size: 0: a transaction holds at least 1 entry" in one_line(capsys.readouterr().err)
+
+
+def test_bundle_conditional_creates_each_artifact_only_if_the_server_has_none(tmp_path, capsys):
+    from protocol.cli import main
+
+    out = tmp_path / "conditional.json"
+    assert main(["bundle", "--conditional", "--out", str(out)]) == 0
+    bundle = json.loads(out.read_text())
+    assert bundle["type"] == "transaction" and bundle["entry"]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        assert entry["request"]["method"] == "POST"
+        assert entry["request"]["ifNoneExist"] == f"url={resource['url']}&version={resource['version']}"
+    assert main(["bundle", "--conditional", "--type", "collection"]) == 2
+    assert "--conditional" in capsys.readouterr().err

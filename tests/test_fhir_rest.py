@@ -344,4 +344,5 @@ def test_the_capability_statement_lists_what_the_searches_and_operations_take(cl
         assert all(word in search["documentation"] for word in ("_count", "_summary", "next", "400"))
         for operation in resource.get("operation", []):
             assert "GET" in operation["documentation"], operation
-    assert {o["name"] for o in resources["PlanDefinition"]["operation"]} == {"apply", "r5.apply"}
+    assert {o["name"] for o in resources["PlanDefinition"]["operation"]} == {"apply", "r5.apply", "data-requirements", "package"}
+    assert {o["name"] for o in resources["Library"]["operation"]} == {"data-requirements"}
