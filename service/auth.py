@@ -187,6 +187,17 @@ class Authenticator:
             log.warning("authentication refused: %s", exc)
             raise Unauthorized("authentication failed: a valid CDS Hooks JWT bearer token is required") from None
 
+    @staticmethod
+    def tenant(authorization: str | None) -> str | None:
+        """The ``tenant`` claim (CDS Hooks 2.0: the EHR's tenant) of a token already accepted, for the log; None if absent
+        or not a short string."""
+        token = (authorization or "").partition(" ")[2].strip()
+        try:
+            value = jwt.decode(token, options={"verify_signature": False}).get("tenant") if token else None
+        except jwt.PyJWTError:
+            return None
+        return value if isinstance(value, str) and 0 < len(value) <= MAX_JTI_LENGTH and value.isprintable() else None
+
     def _authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
         if not authorization:
             if self.allow_unauthenticated:

@@ -67,6 +67,7 @@ def authenticate() -> None:
     state = _state()
     base = state.settings.public_base_url or request.host_url
     g.client = state.auth.authenticate(request.headers.get("Authorization"), base.rstrip("/") + request.path)
+    g.tenant = state.auth.tenant(request.headers.get("Authorization")) if g.client else None
 
 
 @bp.after_request

@@ -34,6 +34,7 @@ def authenticate() -> None:
     base = state.settings.public_base_url or request.host_url
     audience = base.rstrip("/") + request.path
     g.client = state.auth.authenticate(request.headers.get("Authorization"), audience)
+    g.tenant = state.auth.tenant(request.headers.get("Authorization")) if g.client else None
 
 
 def _fhir_server(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -85,6 +85,8 @@ def install(app: Flask) -> None:
                                   "pages": report.pages, "medications_fetched": report.medications_fetched}
         client = g.get("client")
         fields["client"] = getattr(client, "iss", None)
+        if g.get("tenant"):
+            fields["tenant"] = g.tenant
         if g.get("fhir_server_refused"):
             fields["fhir_server_refused"] = True
         if g.get("auth_failure"):

@@ -512,3 +512,13 @@ def test_logs_hold_no_patient_data_and_no_tokens(engine, tmp_path, clients_file,
     for secret in phi + ["ehr-secret-access-token", good.split(" ")[1], good.split(" ")[1].split(".")[1]]:
         assert secret not in text, secret
     assert "jti already used" in text  # the log says which check failed
+
+
+def test_the_tenant_claim_goes_into_the_log_line(engine, tmp_path, clients_file, keys, patient, access_log):
+    app, _ = make_app(engine, tmp_path, clients_file)
+    answer = _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, tenant="hospital-north"))
+    assert answer.status_code == 200
+    requests = [line for line in access_log() if line.get("event") == "request"]
+    assert requests and requests[-1]["tenant"] == "hospital-north" and requests[-1]["client"] == ISSUER
+    _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, tenant={"id": "x"}))
+    assert "tenant" not in [line for line in access_log() if line.get("event") == "request"][-1]
