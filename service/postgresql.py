@@ -135,8 +135,15 @@ class PostgresDatabase:
             migrate(connection)
 
     def _open(self) -> psycopg.Connection:
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                               application_name="back-spasm-cds", options=f"-c lock_timeout={LOCK_TIMEOUT_MS}")
+        """A new connection in autocommit mode (transactions are begun explicitly), with the session's lock timeout set
+        after connecting, so that ``options`` given in the URL are kept."""
+        connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="back-spasm-cds")
+        try:
+            connection.execute("SELECT set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_MS}ms",))
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def connection(self) -> PgSession:
         """This thread's connection, opened on first use (and again after it was closed or lost, or in a new process)."""

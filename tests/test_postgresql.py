@@ -305,3 +305,11 @@ def test_a_database_url_of_another_kind_stops_the_service(setting):
 
     with pytest.raises(ConfigError, match="database"):
         Settings.load(environ={}, overrides={"database": setting})
+
+
+def test_each_connection_waits_for_a_row_lock_at_most_the_lock_timeout_and_keeps_the_url_options(postgresql):
+    from service.postgresql import LOCK_TIMEOUT_MS
+
+    store = FeedbackStore(postgresql + "?options=-c%20statement_timeout%3D5000")
+    settings = store._database.read(lambda db: db.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')").fetchone())
+    assert settings == (f"{LOCK_TIMEOUT_MS // 1000}s", "5s")
