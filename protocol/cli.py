@@ -385,6 +385,19 @@ def _content_origin(settings: Any, source: ContentSource) -> tuple[Path, str]:
     return Path(settings.content_dir), origin
 
 
+def without_password(value: Any) -> Any:
+    """A setting as it may be printed: the password of a URL (``postgresql://user:secret@host/db``) replaced by ``***``."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the CDS Hooks service under gunicorn.
 
@@ -430,7 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "accepted; never do this with real patient data", file=sys.stderr)
     print(f"starting the CDS Hooks service ({settings.mode} mode) on {args.host}:{args.port}", file=sys.stderr)
     for name in ("mode", "database", "trusted_clients"):
-        print(f"  {name}: {getattr(settings, name) or 'none'} (from {settings.sources[name]})", file=sys.stderr)
+        print(f"  {name}: {without_password(getattr(settings, name)) or 'none'} (from {settings.sources[name]})", file=sys.stderr)
     print(f"  content: {folder} (from {origin})", file=sys.stderr)
     announcer = start_announcer(args.host, args.port)
     try:

@@ -193,7 +193,8 @@ def _quiet_at_exit(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 
 
 def _database_calls_in_threads(app: Any) -> None:
-    """Under gevent, SQLite's calls go to the worker's pool of real threads (see SqliteFile.run_calls_with)."""
+    """Under gevent, the database's calls (SQLite or PostgreSQL) go to the worker's pool of real threads (see
+    SqliteFile.run_calls_with)."""
     import gevent
 
     def in_thread(function: Callable[[], Any]) -> Any:

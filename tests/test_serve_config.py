@@ -78,3 +78,16 @@ def test_development_mode_set_by_the_environment_off_loopback_needs_insecure(sta
     assert "refusing development mode on 0.0.0.0 (mode from the environment (BACK_SPASM_CDS_MODE))" in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--port", "18995", "--insecure"]) == 0
     assert started[-1].mode == "development"
+
+
+def test_the_start_lines_never_show_a_database_password(started, monkeypatch, capsys):
+    from protocol.cli import without_password
+
+    assert without_password("postgresql://cds:s3cret@db.example.org:5432/cds") == "postgresql://cds:***@db.example.org:5432/cds"
+    assert without_password("postgresql://cds@db.example.org/cds") == "postgresql://cds@db.example.org/cds"
+    assert without_password("/var/lib/cds/cds.sqlite") == "/var/lib/cds/cds.sqlite"
+    monkeypatch.setattr("service.config.Settings.check", lambda self: None)
+    monkeypatch.setenv(ENV_PREFIX + "DATABASE", "postgresql://cds:s3cret@db.example.org:5432/cds")
+    assert main(["serve", "--port", "18994"]) == 0
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "postgresql://cds:***@db.example.org:5432/cds" in err
