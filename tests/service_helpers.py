@@ -475,3 +475,15 @@ def r4b_problems(resource: Mapping[str, Any]) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - the message is the finding
             problems.append(f"{item.get('resourceType')}/{item.get('id')}: {exc}")
     return problems
+
+
+def in_new_thread(fn):
+    """Run ``fn`` in a fresh thread, as a new worker thread of the server would (the store keeps one connection per
+    thread); its result."""
+    import threading
+
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn()))
+    worker.start()
+    worker.join(30)
+    return out[0]

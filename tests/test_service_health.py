@@ -8,21 +8,17 @@ orchestrator stops sending traffic to this instance.
 from __future__ import annotations
 
 import sqlite3
-import threading
 
 import pytest
 
 from service import state_of
-from tests.service_helpers import PATIENT_VIEW, SERVICES, capture_body, make_app
-
-
-def in_new_thread(fn):
-    """Run ``fn`` in a fresh thread, as a new worker thread of the server would (the store keeps one connection per thread)."""
-    out: list = []
-    worker = threading.Thread(target=lambda: out.append(fn()))
-    worker.start()
-    worker.join(30)
-    return out[0]
+from tests.service_helpers import (
+    PATIENT_VIEW,
+    SERVICES,
+    capture_body,
+    in_new_thread,
+    make_app,
+)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import sqlite3
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -29,12 +28,26 @@ import pytest
 
 from service import state_of
 from service.auth import ReplayCache
-from service.config import ConfigError, Settings
 from service.cards import IssuedCard
-from service.feedback import MAX_RECORDED_CARDS, MAX_RECORDED_SUGGESTIONS, FeedbackItem, FeedbackStore, parse_feedback
+from service.config import ConfigError, Settings
+from service.feedback import (
+    MAX_RECORDED_CARDS,
+    MAX_RECORDED_SUGGESTIONS,
+    FeedbackItem,
+    FeedbackStore,
+    parse_feedback,
+)
 from service.logs import JsonFormatter
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient
-from tests.service_helpers import ORDER_SIGN, PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
+from tests.service_helpers import (
+    ORDER_SIGN,
+    PATIENT_VIEW,
+    by_topic,
+    cards_of,
+    hook_body,
+    in_new_thread,
+    make_app,
+)
 from tests.storage_backends import BACK_ENDS, admin_query, fresh_database
 
 DRUG = "Zyxolamine 99 mg"
@@ -437,14 +450,6 @@ def modes(path: Path) -> dict[str, str]:
     """The permission bits of the database file and of its -wal and -shm files."""
     return {f"{path.name}{suffix}": oct(stat.S_IMODE(Path(f"{path}{suffix}").stat().st_mode)) for suffix in ("", "-wal", "-shm")}
 
-
-def in_new_thread(fn):
-    """Run ``fn`` in a fresh thread, which opens its own database connection (as a new server thread would)."""
-    out: list = []
-    worker = threading.Thread(target=lambda: out.append(fn()))
-    worker.start()
-    worker.join(30)
-    return out[0]
 
 
 def test_the_database_and_its_wal_and_shm_files_are_created_0600(tmp_path, open_umask):
