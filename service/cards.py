@@ -59,6 +59,23 @@ def markdown_text(text: Any) -> str:
     return LINE_START_MARKER.sub(r"\1\\", line)
 
 
+def override_reason_codes(content: Content, action_id: str) -> set[tuple[str, str]] | None:
+    """The (system, code) of the override reasons the card of a top-level action offers (from the ValueSet its
+    ``cds-override-reasons`` extension names); None when the action is unknown or offers none."""
+    stack = [a for plan in content.of_type("PlanDefinition") for a in plan.get("action") or []]
+    while stack:
+        action = stack.pop()
+        if action.get("id") == action_id:
+            canonical = next((e.get("valueCanonical") for e in action.get("extension") or []
+                              if str(e.get("url", "")).endswith(OVERRIDE_SUFFIX)), None)
+            valueset = content.resolve(canonical, "ValueSet") if canonical else None
+            if not valueset:
+                return None
+            return {(c.get("system"), c.get("code")) for c in (valueset.get("expansion") or {}).get("contains") or []}
+        stack.extend(action.get("action") or [])
+    return None
+
+
 def draft_reference(draft: Mapping[str, Any] | None) -> Json | None:
     """``{"resourceType", "id", "reference"}`` of a draft order with a type and an id; None otherwise."""
     if not isinstance(draft, Mapping):

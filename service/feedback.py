@@ -119,6 +119,31 @@ class FeedbackItem:
     timestamp: str
 
 
+def check_against_issued(items: list[FeedbackItem], issued: Mapping[str, tuple[str, set[str]]],
+                         reasons_of: Callable[[str], set[tuple[str, str]] | None]) -> None:
+    """Feedback on a card this service issued must name that card's suggestions and one of its override reasons
+    (``reasons_of(action_id)``: the (system, code) pairs the card offered, None if it offered none; a reason sent
+    without a system is matched by its code); 400 naming each item that does not. Feedback on a card not on record
+    (issued elsewhere or long ago) is kept as it is."""
+    problems = []
+    for i, item in enumerate(items):
+        if item.card not in issued:
+            continue
+        action_id, suggestions = issued[item.card]
+        strangers = [s for s in item.accepted if s not in suggestions]
+        if strangers:
+            problems.append(f"feedback[{i}].acceptedSuggestions: {', '.join(strangers)} is not a suggestion of card {item.card}")
+        if item.reason:
+            offered = reasons_of(action_id)
+            pair = (item.reason.get("system"), item.reason.get("code"))
+            known = pair in offered if offered is not None and pair[0] else offered is None or pair[1] in {c for _, c in offered}
+            if not known:
+                problems.append(f"feedback[{i}].overrideReason.reason: {pair[0]}|{pair[1]} is not one of the override reasons "
+                                f"card {item.card} offered")
+    if problems:
+        raise BadRequest("feedback does not match the cards issued", details=problems)
+
+
 def parse_feedback(body: Any) -> list[FeedbackItem]:
     """Check a feedback body (CDS Hooks 2.0); 400 naming every problem.
 
@@ -725,6 +750,21 @@ class FeedbackStore:
         query = ("SELECT f.*, c.action_id, c.topic, c.hook FROM feedback f LEFT JOIN issued_card c ON c.uuid = f.card_uuid"
                  + (" WHERE f.card_uuid = ?" if card_uuid else "") + " ORDER BY f.id")
         return self._database.read(lambda db: _rows(db, query, (card_uuid,) if card_uuid else ()))
+
+    def issued(self, service_id: str, card_uuids: Iterable[str]) -> dict[str, tuple[str, set[str]]]:
+        """The cards of these uuids this service issued (whichever instance issued them): action id and suggestion uuids."""
+        wanted = sorted(set(card_uuids))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" for _ in wanted)
+        query = (f"SELECT c.uuid AS card, c.action_id AS action_id, s.uuid AS suggestion FROM issued_card c "
+                 f"LEFT JOIN issued_suggestion s ON s.card_uuid = c.uuid WHERE c.service_id = ? AND c.uuid IN ({marks})")
+        found: dict[str, tuple[str, set[str]]] = {}
+        for row in self._database.read(lambda db: _rows(db, query, (service_id, *wanted))):
+            entry = found.setdefault(row["card"], (row["action_id"], set()))
+            if row["suggestion"]:
+                entry[1].add(row["suggestion"])
+        return found
 
     def card(self, card_uuid: str) -> dict[str, Any] | None:
         rows = self._database.read(lambda db: _rows(db, "SELECT * FROM issued_card WHERE uuid = ?", (card_uuid,)))

@@ -10,10 +10,10 @@ import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol.requests import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
-from service.cards import CardBuilder, response
+from service.cards import CardBuilder, override_reason_codes, response
 from protocol.engine import ApplyError, ApplyTimeout, Deadline, TooMuchData
 from service.errors import BadRequest, NotFound, ServiceError
-from service.feedback import parse_feedback
+from service.feedback import check_against_issued, parse_feedback
 from service.hook_request import check_hook_request, normalise_request, read_json_body
 from service.prefetch import gather
 from service.urls import fhir_base
@@ -129,5 +129,7 @@ def feedback(service_id: str) -> Response:
     service = _service(service_id)
     items = parse_feedback(read_json_body(request))
     state = _state()
+    issued = state.store.issued(service.id, [item.card for item in items])
+    check_against_issued(items, issued, lambda action_id: override_reason_codes(state.engine.content, action_id))
     stored = state.store.record_feedback(service.id, items, retention_days=state.settings.retention_days)
     return jsonify({"received": len(items), "stored": stored})

@@ -175,7 +175,9 @@ def test_too_many_items_or_suggestions_are_refused(app, client, cards):
 def test_a_request_that_would_add_more_than_the_cap_to_the_table_is_refused(app, client, cards):
     """Items and suggestion ids each within their limits, but together more than one request may store."""
     def item(i: int, suggestions: int) -> dict:
-        return dict(accepted(cards), outcomeTimestamp=f"2026-11-25T11:{i // 60:02d}:{i % 60:02d}Z",
+        """On a card not on record, whose suggestions cannot be checked: only the size limits decide."""
+        return dict(accepted(cards), card=f"{i:08d}-0000-4000-8000-000000000000",
+                    outcomeTimestamp=f"2026-11-25T11:{i // 60:02d}:{i % 60:02d}Z",
                     acceptedSuggestions=[{"id": f"{i:04d}-{n:03d}-" + "s" * 27} for n in range(suggestions)])
 
     before = len(rows(app))
