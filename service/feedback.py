@@ -752,7 +752,8 @@ class FeedbackStore:
         return self._database.read(lambda db: _rows(db, query, (card_uuid,) if card_uuid else ()))
 
     def issued(self, service_id: str, card_uuids: Iterable[str]) -> dict[str, tuple[str, set[str]]]:
-        """The cards of these uuids this service issued (whichever instance issued them): action id and suggestion uuids."""
+        """The cards of these uuids this service issued (whichever instance issued them): action id and suggestion uuids.
+        A database that cannot be read is StorageUnavailable (503), as for a write."""
         wanted = sorted(set(card_uuids))
         if not wanted:
             return {}
@@ -760,7 +761,14 @@ class FeedbackStore:
         query = (f"SELECT c.uuid AS card, c.action_id AS action_id, s.uuid AS suggestion FROM issued_card c "
                  f"LEFT JOIN issued_suggestion s ON s.card_uuid = c.uuid WHERE c.service_id = ? AND c.uuid IN ({marks})")
         found: dict[str, tuple[str, set[str]]] = {}
-        for row in self._database.read(lambda db: _rows(db, query, (service_id, *wanted))):
+        try:
+            rows = self._database.read(lambda db: _rows(db, query, (service_id, *wanted)))
+        except DATABASE_ERRORS as exc:
+            log.error("database read refused", extra={"fields": {"event": "database-unavailable", "read": "issued cards",
+                                                                 "error": type(exc).__name__}})
+            raise StorageUnavailable("the database cannot be read now to check the feedback against the cards issued; "
+                                     "send it again later") from None
+        for row in rows:
             entry = found.setdefault(row["card"], (row["action_id"], set()))
             if row["suggestion"]:
                 entry[1].add(row["suggestion"])
