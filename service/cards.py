@@ -60,20 +60,25 @@ def markdown_text(text: Any) -> str:
 
 
 def override_reason_codes(content: Content, action_id: str) -> set[tuple[str, str]] | None:
-    """The (system, code) of the override reasons the card of a top-level action offers (from the ValueSet its
-    ``cds-override-reasons`` extension names); None when the action is unknown or offers none."""
+    """The (system, code) of the override reasons the card of a top-level action offers; None when the action is
+    unknown or offers none."""
     stack = [a for plan in content.of_type("PlanDefinition") for a in plan.get("action") or []]
     while stack:
         action = stack.pop()
         if action.get("id") == action_id:
-            canonical = next((e.get("valueCanonical") for e in action.get("extension") or []
-                              if str(e.get("url", "")).endswith(OVERRIDE_SUFFIX)), None)
-            valueset = content.resolve(canonical, "ValueSet") if canonical else None
-            if not valueset:
-                return None
-            return {(c.get("system"), c.get("code")) for c in (valueset.get("expansion") or {}).get("contains") or []}
+            reasons = override_reason_codings(content, action)
+            return {(r["system"], r["code"]) for r in reasons} if reasons else None
         stack.extend(action.get("action") or [])
     return None
+
+
+def override_reason_codings(content: Content, fields: Json) -> list[Json]:
+    """The override reasons of an action (its fields): the codings of the ValueSet its ``cds-override-reasons``
+    extension names, as a card lists them."""
+    canonical = (_extension_of(fields, OVERRIDE_SUFFIX) or {}).get("valueCanonical")
+    valueset = (content.resolve(canonical, "ValueSet") if canonical else None) or {}
+    return [{"system": c["system"], "code": c["code"], "display": c.get("display", c["code"])}
+            for c in (valueset.get("expansion") or {}).get("contains") or []]
 
 
 def draft_reference(draft: Mapping[str, Any] | None) -> Json | None:
@@ -109,7 +114,12 @@ def _type(action: AppliedAction) -> str | None:
 
 
 def _extension(action: AppliedAction, url: str) -> Any:
-    for ext in action.fields.get("extension") or []:
+    return _extension_of(action.fields, url)
+
+
+def _extension_of(fields: Json, url: str) -> Any:
+    """The extension of an action with this url (a url starting with '/' matches by its end)."""
+    for ext in fields.get("extension") or []:
         if ext.get("url") == url or (url.startswith("/") and ext.get("url", "").endswith(url)):
             return ext
     return None
@@ -242,14 +252,11 @@ class CardBuilder:
         return links
 
     def override_reasons(self, action: AppliedAction) -> list[Json]:
-        ext = _extension(action, OVERRIDE_SUFFIX)
-        canonical = (ext or {}).get("valueCanonical")
+        canonical = (_extension(action, OVERRIDE_SUFFIX) or {}).get("valueCanonical")
         if not canonical:
             return []
         if canonical not in self._reasons:
-            valueset = self.content.resolve(canonical, "ValueSet") or {}
-            self._reasons[canonical] = [{"system": c["system"], "code": c["code"], "display": c.get("display", c["code"])}
-                                        for c in (valueset.get("expansion") or {}).get("contains") or []]
+            self._reasons[canonical] = override_reason_codings(self.content, action.fields)
         return [dict(r) for r in self._reasons[canonical]]
 
     # -- suggestions -------------------------------------------------------------------------------------
