@@ -17,12 +17,18 @@ from protocol.bundle import artifact_bundle
 from protocol.content import Content, load_content
 from protocol.engine import Engine
 from protocol.package import build_package, implementation_guide
-from protocol.requirements import data_requirements, dependencies, module_definition, package_bundle
+from protocol.requirements import (
+    data_requirements,
+    dependencies,
+    module_definition,
+    package_bundle,
+)
 from protocol.validation import SHAREABLE, validate_content
 from service import create_app
 from service.config import Settings
 from service.prefetch import prefetch_templates
 from tests.fhir_check import fhir_check
+from tests.service_helpers import shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
 REVIEW = "back-spasm-order-review"
@@ -31,7 +37,7 @@ LOGIC = "back-spasm-logic"
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(load_content())
+    return shared_engine()
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from protocol.bundle import artifact_bundle
 from protocol.cli import main
-from protocol.content import load_content
-from protocol.engine import Engine
 from protocol.output import bundle_r5, careplan_r4
 from protocol.package import build_package
 from service import create_app
 from service.config import Settings
 from tests.fhir_check import fhir_check
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient
+from tests.service_helpers import shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
 REVIEW = "back-spasm-order-review"
@@ -27,7 +26,7 @@ FHIR_JSON = "application/fhir+json"
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(load_content())
+    return shared_engine()
 
 
 @pytest.fixture(scope="module")
