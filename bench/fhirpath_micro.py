@@ -1,4 +1,4 @@
-"""Micro-benchmark of compiled FHIRPath expressions evaluated through protocol.fhirpath.
+"""Micro-benchmark of compiled FHIRPath expressions evaluated through protocol.engine.fhirpath.
 
 Prints, for each case, the median and 99th percentile of one evaluation in milliseconds
 (compilation is done once, outside the measured loop, as the engine does at load time).
@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocol.terminology import Terminology  # noqa: E402
+from protocol.engine.terminology import Terminology  # noqa: E402
 
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -256,14 +256,14 @@ def _cases(evaluator):
 
 
 def _load_fhirpath(implementation: str | None):
-    """protocol.fhirpath, or the given file loaded in its place."""
+    """protocol.engine.fhirpath, or the given file loaded in its place."""
     if implementation is not None:
-        spec = importlib.util.spec_from_file_location("protocol.fhirpath", implementation)
+        spec = importlib.util.spec_from_file_location("protocol.engine.fhirpath", implementation)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["protocol.fhirpath"] = module
+        sys.modules["protocol.engine.fhirpath"] = module
         spec.loader.exec_module(module)
         return module
-    from protocol import fhirpath
+    from protocol.engine import fhirpath
 
     return fhirpath
 
@@ -275,12 +275,12 @@ def _evaluator(fhirpath, args):
     if args.evaluator == "fhirpathpy":
         return fhirpath.FhirPathPyEvaluator()
     if args.native_implementation is not None:
-        spec = importlib.util.spec_from_file_location("protocol.fhirpath_native", args.native_implementation)
+        spec = importlib.util.spec_from_file_location("protocol.engine.fhirpath_native", args.native_implementation)
         native = importlib.util.module_from_spec(spec)
-        sys.modules["protocol.fhirpath_native"] = native
+        sys.modules["protocol.engine.fhirpath_native"] = native
         spec.loader.exec_module(native)
     else:
-        from protocol import fhirpath_native as native
+        from protocol.engine import fhirpath_native as native
     return native.NativeEvaluator()
 
 

@@ -60,15 +60,15 @@ gc.freeze()
 '''
 
 
-NO_ENGINE_APP = SERVICE_APP.replace("gc.collect()", """import service.hooks
-_apply, _first = service.hooks.run_calls, []
+NO_ENGINE_APP = SERVICE_APP.replace("gc.collect()", """import service.cds_hooks.hooks
+_apply, _first = service.cds_hooks.hooks.run_calls, []
 
 def replay(engine, calls, now):
     if not _first:
         _first.append(_apply(engine, calls, now))
     return _first[0]
 
-service.hooks.run_calls = replay
+service.cds_hooks.hooks.run_calls = replay
 gc.collect()""")
 
 
@@ -82,9 +82,9 @@ def body() -> bytes:
     """A patient-view request whose prefetch holds the 200-resource record, keyed as the service's templates."""
     from apply import build_record
 
-    from protocol.content import load_content
-    from protocol.engine import Engine
-    from service.registry import build_services
+    from protocol.engine.content import load_content
+    from protocol.engine.apply import Engine
+    from service.cds_hooks.registry import build_services
 
     record = build_record(200)
     services = build_services(Engine(load_content()), 2048)

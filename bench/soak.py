@@ -228,7 +228,7 @@ def start_server(port: int, folder: Path, clients: Path, worker_class: str | Non
     if worker_class:
         env["BACK_SPASM_CDS_WORKER_CLASS"] = worker_class
     with open(folder / "serve.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                                    cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ is written for a fixed moment instead (``APPLY_AT``), which ``apply --at`` sets 
     python examples/make_examples.py                  # rewrite every example for now
     python examples/make_examples.py --now 2026-11-25T10:00:00Z --out /tmp/examples
 
-Standard library only; the codes are those of the protocol's ValueSets (protocol/content).
+Standard library only; the codes are those of the protocol's ValueSets (protocol/content/back-spasm).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 """Build the protocol's FHIR R4 ValueSets from the shared terminology files.
 
 Reads the terminology lists (``clinical.json``, ``clinical-red-flags.json`` and the
-``rxnorm-*.json`` files) and the publication metadata in ``protocol/publication.json``, and
-writes one ``protocol/content/ValueSet-<id>.json`` per ValueSet. The output is deterministic:
+``rxnorm-*.json`` files) and the publication metadata in ``protocol/content/back-spasm/publication.json``, and
+writes one ``protocol/content/back-spasm/ValueSet-<id>.json`` per ValueSet. The output is deterministic:
 running the script twice gives byte-identical files.
 
     python scripts/make_valuesets.py                 # write the files
@@ -29,8 +29,8 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TERMINOLOGY = PROJECT_ROOT.parent / "shared" / "clinical" / "terminology"
-DEFAULT_PUBLICATION = PROJECT_ROOT / "protocol" / "publication.json"
-DEFAULT_OUT = PROJECT_ROOT / "protocol" / "content"
+DEFAULT_PUBLICATION = PROJECT_ROOT / "protocol" / "content" / "back-spasm" / "publication.json"
+DEFAULT_OUT = PROJECT_ROOT / "protocol" / "content" / "back-spasm"
 
 SHAREABLE_VALUESET = "http://hl7.org/fhir/StructureDefinition/shareablevalueset"
 

@@ -16,14 +16,14 @@ import requests
 from flask import Flask
 from flask_cors import CORS
 
-from protocol.content import load_content
-from protocol.engine import Engine
-from service.auth import Authenticator, ReplayCache, TrustedClient, load_clients
+from protocol.engine.content import load_content
+from protocol.engine.apply import Engine
+from service.cds_hooks.auth import Authenticator, ReplayCache, TrustedClient, load_clients
 from service.config import Settings
 from service import logs
 from service.errors import register_error_handlers
-from service.feedback import FeedbackStore
-from service.registry import Service, build_services
+from service.cds_hooks.feedback import FeedbackStore
+from service.cds_hooks.registry import Service, build_services
 
 
 @dataclass
@@ -93,7 +93,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.extensions["back_spasm_cds"] = state
     CORS(app, resources={r"/cds-services*": {"origins": cors_origins(settings)}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)
-    from service import fhir_api, health, hooks
+    from service import fhir_api, health
+    from service.cds_hooks import hooks
 
     app.register_blueprint(hooks.bp)
     app.register_blueprint(fhir_api.bp)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from protocol.fhirpath import time_zone
+from protocol.engine.fhirpath import time_zone
 
 ENV_PREFIX = "BACK_SPASM_CDS_"
 

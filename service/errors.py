@@ -15,6 +15,10 @@ ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
                413: "too-costly", 415: "not-supported", 429: "throttled", 500: "exception", 503: "transient"}
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was made or migrated by a newer version of the service: this one must not write to it."""
+
+
 class ServiceError(Exception):
     """A request the service cannot answer as asked; status and message go to the client."""
 

@@ -30,13 +30,13 @@ from fhir.resources.R4B import get_fhir_model_class
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.datastructures import MultiDict
 
-from protocol.content import TYPE_ORDER
-from protocol.engine import ApplyError, Deadline
-from protocol.output import bundle_r5, careplan_r4
-from protocol.requirements import module_definition, package_bundle
+from protocol.engine.content import TYPE_ORDER
+from protocol.engine.apply import ApplyError, Deadline
+from protocol.engine.output import bundle_r5, careplan_r4
+from protocol.engine.requirements import module_definition, package_bundle
 from service.errors import BadRequest, NotFound, ServiceError
-from service.hook_request import read_json_body
-from service.hooks import bounded_work_error
+from service.cds_hooks.hook_request import read_json_body
+from service.cds_hooks.hooks import bounded_work_error
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 FHIR_JSON = "application/fhir+json"

@@ -19,8 +19,8 @@ from typing import Any
 
 import requests
 
-from protocol.bundle import artifact_bundle
-from protocol.content import Content
+from protocol.engine.bundle import artifact_bundle
+from protocol.engine.content import Content
 
 DEFAULT_BATCH_SIZE = 50
 

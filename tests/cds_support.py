@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from protocol.content import CONTENT_DIR, PUBLICATION_FILE, load_content
-from protocol.engine import AppliedAction, ApplyResult, Engine
+from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
+from protocol.engine.apply import AppliedAction, ApplyResult, Engine
 from tests.patients import CLOCK, UCUM, Patient
 
 PATHWAY = "back-spasm-treatment-pathway"
@@ -147,7 +147,7 @@ class ContentCopy:
 
     def __init__(self, tmp_path: Path):
         self.folder = tmp_path / "content"
-        shutil.copytree(CONTENT_DIR, self.folder)
+        shutil.copytree(CONTENT_DIR, self.folder, ignore=shutil.ignore_patterns(PUBLICATION_NAME))
         shutil.copy(PUBLICATION_FILE, tmp_path / "publication.json")
 
     def path(self, resource_type: str, resource_id: str) -> Path:

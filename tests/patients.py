@@ -30,7 +30,7 @@ UCUM = "http://unitsofmeasure.org"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
-# Codes from the protocol's ValueSets (see protocol/content/ValueSet-*.json).
+# Codes from the protocol's ValueSets (see protocol/content/back-spasm/ValueSet-*.json).
 SPASM_ICD = (ICD, "M62.830", "Muscle spasm of back")
 SPASM_SCT = (SCT, "203095000", "Spasm of back muscles")
 SEVERE = (SCT, "24484000", "Severe (severity modifier) (qualifier value)")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import service.server
-from protocol.cli import SUBCOMMANDS, UsageError, build_parser, main, package_version
-from protocol.content import CONTENT_DIR, PUBLICATION_FILE, load_content
+from service.cli import SUBCOMMANDS, UsageError, build_parser, main, package_version
+from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
 from service.config import ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def copy_content(folder: Path, publication: str = "beside") -> Path:
     """A copy of the shipped content in ``folder/content``, with publication.json inside the folder or beside it."""
     content = folder / "content"
-    shutil.copytree(CONTENT_DIR, content)
+    shutil.copytree(CONTENT_DIR, content, ignore=shutil.ignore_patterns(PUBLICATION_NAME))
     shutil.copy(PUBLICATION_FILE, content / "publication.json" if publication == "inside" else folder / "publication.json")
     return content
 
@@ -65,7 +65,7 @@ def test_validate_passes_on_the_shipped_content_and_says_which_folder_it_read(ca
     assert main(["validate"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("OK: ")
-    assert f"content: {ROOT / 'protocol' / 'content'} (the checkout at {ROOT})" in captured.err
+    assert f"content: {ROOT / 'protocol' / 'content' / 'back-spasm'} (the checkout at {ROOT})" in captured.err
 
 
 def test_validate_warns_while_the_canonical_is_the_example_org_placeholder(capsys):
@@ -125,19 +125,18 @@ def test_publication_json_inside_the_folder_wins_over_one_beside_it(tmp_path):
 
 def test_a_content_folder_without_publication_json_names_both_places(tmp_path, capsys):
     folder = tmp_path / "content"
-    shutil.copytree(CONTENT_DIR, folder)
+    shutil.copytree(CONTENT_DIR, folder, ignore=shutil.ignore_patterns(PUBLICATION_NAME))
     assert main(["validate", "--content", str(folder)]) == 2
     line = capsys.readouterr().err.splitlines()[-1]
     assert f"{folder / 'publication.json'} or {tmp_path / 'publication.json'}" in line
 
 
 def make_checkout(root: Path) -> Path:
-    """A checkout of the project: its pyproject.toml and protocol/content with publication.json beside it."""
+    """A checkout of the project: its pyproject.toml and protocol/content/back-spasm with its publication.json."""
     (root / "protocol").mkdir(parents=True)
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(CONTENT_DIR, root / "protocol" / "content")
-    shutil.copy(PUBLICATION_FILE, root / "protocol" / "publication.json")
-    return root / "protocol" / "content"
+    shutil.copytree(CONTENT_DIR, root / "protocol" / "content" / "back-spasm")
+    return root / "protocol" / "content" / "back-spasm"
 
 
 def test_inside_a_checkout_the_commands_read_its_content(tmp_path, monkeypatch, capsys):
@@ -263,7 +262,7 @@ def test_the_installed_command_prints_no_traceback_for_a_mistake(args, tmp_path)
     existing = tmp_path / "existing.tgz"
     existing.write_text("x")
     argv = [a.format(existing=existing) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "protocol.cli", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "service.cli", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert one_line(proc.stderr).startswith(f"back-spasm-cds {args[0]}: error: ")
 
@@ -352,7 +351,7 @@ def test_serve_in_the_project_folder_says_it_serves_the_checkout(not_started, tm
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv(ENV_PREFIX + "DATABASE", str(tmp_path / "cds.sqlite"))
     assert main(["serve", "--port", str(free_port())]) == 0
-    assert f"content: {ROOT / 'protocol' / 'content'} (from the checkout at {ROOT})" in capsys.readouterr().err
+    assert f"content: {ROOT / 'protocol' / 'content' / 'back-spasm'} (from the checkout at {ROOT})" in capsys.readouterr().err
 
 
 def test_serve_content_option_and_environment_win_over_the_checkout(not_started, tmp_path, monkeypatch, capsys):
@@ -388,7 +387,7 @@ def test_serve_announces_its_addresses_once_the_port_is_bound(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update({ENV_PREFIX + "DATABASE": str(tmp_path / "cds.sqlite"), ENV_PREFIX + "WORKERS": "1", ENV_PREFIX + "LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT)})
-    process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--port", str(port)], cwd=tmp_path, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: list[str] = []
     announced = threading.Event()
@@ -589,7 +588,7 @@ def test_a_batch_size_below_1_is_a_mistake(capsys):
 
 
 def test_bundle_conditional_creates_each_artifact_only_if_the_server_has_none(tmp_path, capsys):
-    from protocol.cli import main
+    from service.cli import main
 
     out = tmp_path / "conditional.json"
     assert main(["bundle", "--conditional", "--out", str(out)]) == 0

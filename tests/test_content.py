@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.content import CONTENT_DIR, PUBLICATION_FILE, ContentError, load_content
-from protocol.validation import validate_content
+from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, ContentError, load_content
+from protocol.engine.validation import validate_content
 
 PATHWAY = "PlanDefinition-back-spasm-treatment-pathway.json"
 REVIEW = "PlanDefinition-back-spasm-order-review.json"
@@ -27,7 +27,7 @@ def content():
 def broken(tmp_path):
     """A writable copy of the content folder (with publication.json beside it) and a function to edit one file."""
     target = tmp_path / "content"
-    shutil.copytree(CONTENT_DIR, target)
+    shutil.copytree(CONTENT_DIR, target, ignore=shutil.ignore_patterns(PUBLICATION_NAME))
     shutil.copy(PUBLICATION_FILE, tmp_path / "publication.json")
 
     def edit(name, change):

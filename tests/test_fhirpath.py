@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from protocol import fhirpath as fp  # noqa: E402
-from protocol.fhirpath import (  # noqa: E402
+from protocol.engine import fhirpath as fp  # noqa: E402
+from protocol.engine.fhirpath import (  # noqa: E402
     EvaluationContext,
     FhirPathEvaluationError,
     FhirPathSyntaxError,

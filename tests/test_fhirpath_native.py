@@ -28,19 +28,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import fhirpath as fp
-from protocol.content import load_content
-from protocol.engine import ApplyResult, Engine, ScopeView
-from protocol.fhirpath import (
+from protocol.engine import fhirpath as fp
+from protocol.engine.content import load_content
+from protocol.engine.apply import ApplyResult, Engine, ScopeView
+from protocol.engine.fhirpath import (
     EvaluationContext,
     FhirPathEvaluationError,
     FhirPathPyEvaluator,
     FhirPathSyntaxError,
     default_evaluator,
 )
-from protocol.fhirpath_native import DateTime, NativeEvaluator, Node, Quantity, native_evaluator
-from protocol.logic import EXPRESSION_LANGUAGE
-from protocol.output import careplan_r4
+from protocol.engine.fhirpath_native import DateTime, NativeEvaluator, Node, Quantity, native_evaluator
+from protocol.engine.logic import EXPRESSION_LANGUAGE
+from protocol.engine.output import careplan_r4
 from tests import patients as p
 from tests import test_fhirpath as semantics
 from tests.test_fhirpath import reference_results  # noqa: F401 - the fhirpath.js results, as a fixture here too
@@ -761,7 +761,7 @@ def test_json_decimals_compare_by_their_written_value():
 def test_functions_left_to_fhirpathpy_are_evaluated_there(expression, env):
     ctx = semantics.make_ctx()
     compiled = NATIVE.compile(expression)
-    assert compiled.native is False and "function left to protocol.fhirpath" in compiled.reason
+    assert compiled.native is False and "function left to protocol.engine.fhirpath" in compiled.reason
     assert compiled.variables == FHIRPATHPY.compile(expression).variables
     native_env = {"c": [NATIVE.node(semantics.CONDITION)]} if env else {}
     reference_env = {"c": [FHIRPATHPY.node(semantics.CONDITION)]} if env else {}
@@ -922,7 +922,7 @@ def _outcome(evaluator, expression: str, env: dict) -> tuple:
 
 @pytest.mark.parametrize("expression", MEMBERSHIP_EXPRESSIONS)
 def test_search_by_key_gives_the_answers_of_the_item_by_item_search(evaluator, expression, monkeypatch):
-    import protocol.fhirpath_native as native
+    import protocol.engine.fhirpath_native as native
 
     env = _membership_env(evaluator, padding=80)
     assert len(env["pool"]) >= fp._INDEXED_FROM and len(env["pool"]) * len(env["values"]) > fp._PAIRWISE_LIMIT

@@ -31,9 +31,9 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from markupsafe import escape
 
-from protocol.content import CONTENT_DIR, PUBLICATION_FILE, load_content
+from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
 from service import create_app, state_of
-from service.cards import INDICATORS
+from service.cds_hooks.cards import INDICATORS
 from service.config import Settings
 from service.page import PAGE_HEADERS, PAGE_KEY, STYLESHEET, render_protocol_page, walk
 from service.page.text import clinical, without_source_references
@@ -555,7 +555,7 @@ def test_the_svg_time_line_has_one_band_per_phase_with_title_desc_and_text(page,
 
 def copy_content(tmp_path: Path) -> Path:
     folder = tmp_path / "content"
-    shutil.copytree(CONTENT_DIR, folder)
+    shutil.copytree(CONTENT_DIR, folder, ignore=shutil.ignore_patterns(PUBLICATION_NAME))
     shutil.copy(PUBLICATION_FILE, tmp_path / "publication.json")
     return folder
 

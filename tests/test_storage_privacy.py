@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from service import state_of
-from service.auth import ReplayCache
-from service.cards import IssuedCard
+from service.cds_hooks.auth import ReplayCache
+from service.cds_hooks.cards import IssuedCard
 from service.config import ConfigError, Settings
-from service.feedback import (
+from service.cds_hooks.feedback import (
     MAX_RECORDED_CARDS,
     MAX_RECORDED_SUGGESTIONS,
     FeedbackItem,
@@ -286,7 +286,7 @@ def test_a_database_of_the_previous_version_keeps_its_feedback_and_loses_the_tex
 
 
 def test_a_database_of_this_version_opens_while_another_process_holds_the_write_lock(tmp_path, monkeypatch):
-    monkeypatch.setattr("service.feedback.BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("service.cds_hooks.feedback.BUSY_TIMEOUT_MS", 50)
     path = tmp_path / "cds.sqlite"
     FeedbackStore(path)
     other = sqlite3.connect(path, isolation_level=None)
@@ -485,7 +485,8 @@ def test_files_readable_by_others_are_tightened_at_start_and_logged_once(tmp_pat
 
 
 def test_an_sqlite_database_is_stamped_with_its_schema_version_and_a_newer_one_is_refused(tmp_path):
-    from service.feedback import SQLITE_SCHEMA_VERSION, SchemaTooNew
+    from service.cds_hooks.feedback import SQLITE_SCHEMA_VERSION
+    from service.errors import SchemaTooNew
 
     path = tmp_path / "cds.sqlite"
     FeedbackStore(path).record_feedback(PATIENT_VIEW, item("c-1"))

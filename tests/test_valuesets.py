@@ -1,4 +1,4 @@
-"""Tests of the ValueSets in protocol/content, built by scripts/make_valuesets.py.
+"""Tests of the ValueSets in protocol/content/back-spasm, built by scripts/make_valuesets.py.
 
 The terminology lists the ValueSets are built from are copied into tests/data/terminology (see
 tests/data/README.md), so the drift check runs in any clone; the script is always given that folder.
@@ -17,8 +17,8 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TERMINOLOGY_DIR = PROJECT_ROOT / "tests" / "data" / "terminology"
-CONTENT_DIR = PROJECT_ROOT / "protocol" / "content"
-PUBLICATION = json.loads((PROJECT_ROOT / "protocol" / "publication.json").read_text(encoding="utf-8"))
+CONTENT_DIR = PROJECT_ROOT / "protocol" / "content" / "back-spasm"
+PUBLICATION = json.loads((CONTENT_DIR / "publication.json").read_text(encoding="utf-8"))
 SCRIPT = PROJECT_ROOT / "scripts" / "make_valuesets.py"
 
 SNOMED = "http://snomed.info/sct"

@@ -1,6 +1,6 @@
 """The protocol page: ``GET /`` and ``GET /protocol``, generated from the loaded artifacts.
 
-Everything the page says about the protocol is read from :class:`protocol.content.Content` -- the
+Everything the page says about the protocol is read from :class:`protocol.engine.content.Content` -- the
 PlanDefinitions (phases, recommendations, cards), the ActivityDefinitions they propose, the Library (named
 findings, data requirements), the ValueSets and CodeSystems and ``publication.json``. ``logic`` reads them,
 ``builder`` turns them into the small view model of ``model`` (with ``text`` for the wording), and the Jinja
@@ -29,7 +29,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, render_template, request
 from flask.blueprints import BlueprintSetupState
 
-from protocol.content import Content
+from protocol.engine.content import Content
 from service.errors import NotFound
 from service.page.builder import build_page
 from service.page.logic import walk

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from protocol.content import TYPE_ORDER, Content
-from service.cards import EXT_DIRECTION, EXT_QUALITY, EXT_RATIONALE, EXT_STRENGTH, OVERRIDE_SUFFIX
+from protocol.engine.content import TYPE_ORDER, Content
+from service.cds_hooks.cards import EXT_DIRECTION, EXT_QUALITY, EXT_RATIONALE, EXT_STRENGTH, OVERRIDE_SUFFIX
 from service.page.logic import (
     Json, Phase, ProtocolReading, Suspension, VARIABLE_REF, children, codings, concept_code, concept_label, concepts_of,
     condition_expressions, duration_label, extension, fhirpath_literal, hooks_of, hours, indicator_of, split_concatenation,

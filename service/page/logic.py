@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.content import Content
-from service.cards import INDICATORS
+from protocol.engine.content import Content
+from service.cds_hooks.cards import INDICATORS
 
 Json = dict[str, Any]
 

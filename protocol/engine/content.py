@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.terminology import Terminology, split_canonical
+from protocol.engine.terminology import Terminology, split_canonical
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-CONTENT_DIR = PACKAGE_DIR / "content"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+CONTENT_DIR = PACKAGE_DIR / "content" / "back-spasm"
 PUBLICATION_NAME = "publication.json"
-PUBLICATION_FILE = PACKAGE_DIR / PUBLICATION_NAME
+PUBLICATION_FILE = CONTENT_DIR / PUBLICATION_NAME
 
 #: Order of resource types in bundles and packages: what a resource refers to comes before it.
 TYPE_ORDER = ("CodeSystem", "ValueSet", "StructureDefinition", "Library", "ActivityDefinition", "PlanDefinition")
@@ -107,8 +107,7 @@ def load_content(directory: Path | None = None, publication_file: Path | None = 
 
 
 def publication_for(directory: Path) -> Path:
-    """The publication.json of a content folder: inside it, else beside it (the packaged layout, where
-    ``protocol/publication.json`` sits next to ``protocol/content/``). Inside wins, so that a content folder
+    """The publication.json of a content folder: inside it, else beside it. Inside wins, so that a content folder
     copied anywhere with its publication.json is read whole, whatever lies next to it."""
     inside = directory / PUBLICATION_NAME
     beside = directory.parent / PUBLICATION_NAME
@@ -134,12 +133,12 @@ class ContentSource:
 def find_checkout(start: Path) -> Path | None:
     """The root of a back-spasm-cds source checkout holding ``start`` (the folder or one of its parents), if any.
 
-    A checkout is a folder with this project's ``pyproject.toml`` and a ``protocol/content`` folder: a protocol
+    A checkout is a folder with this project's ``pyproject.toml`` and a ``protocol/content/back-spasm`` folder: a protocol
     author edits the content there, and the commands run inside it should read those edits rather than the copy
     installed with the package."""
     for folder in (start, *start.parents):
         pyproject = folder / "pyproject.toml"
-        if (folder / "protocol" / "content").is_dir() and pyproject.is_file():
+        if (folder / "protocol" / "content" / "back-spasm").is_dir() and pyproject.is_file():
             try:
                 text = pyproject.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
@@ -150,11 +149,11 @@ def find_checkout(start: Path) -> Path | None:
 
 
 def locate_content(explicit: Path | None = None, cwd: Path | None = None) -> ContentSource:
-    """The content folder a command reads: ``--content`` when given, else the ``protocol/content`` of the checkout
+    """The content folder a command reads: ``--content`` when given, else the ``protocol/content/back-spasm`` of the checkout
     the command runs in, else the copy installed with the package."""
     if explicit is not None:
         return ContentSource(Path(explicit), "--content")
     checkout = find_checkout((cwd or Path.cwd()).resolve())
     if checkout is not None:
-        return ContentSource(checkout / "protocol" / "content", f"the checkout at {checkout}")
+        return ContentSource(checkout / "protocol" / "content" / "back-spasm", f"the checkout at {checkout}")
     return ContentSource(CONTENT_DIR, "the copy installed with the package")

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
-from protocol.activity import RequestContext, UnsupportedKind, drop_unreferenced_contained, new_request
-from protocol.content import Content
-from protocol.fhirpath import (CompiledExpression, EvaluationContext, EvaluationTimeout, Evaluator, FhirPathEvaluationError,
+from protocol.engine.activity import RequestContext, UnsupportedKind, drop_unreferenced_contained, new_request
+from protocol.engine.content import Content
+from protocol.engine.fhirpath import (CompiledExpression, EvaluationContext, EvaluationTimeout, Evaluator, FhirPathEvaluationError,
                                default_evaluator, time_zone)
-from protocol.jsondata import copy_json
-from protocol.logic import STANDARD_VARIABLES, variables_of
-from protocol.paths import PathError, PathPlan, plan_path
-from protocol.record import Record, RecordTooLarge
+from protocol.engine.jsondata import copy_json
+from protocol.engine.logic import STANDARD_VARIABLES, variables_of
+from protocol.engine.paths import PathError, PathPlan, plan_path
+from protocol.engine.record import Record, RecordTooLarge
 
 Json = dict[str, Any]
 APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
@@ -336,7 +336,7 @@ class Engine:
     """The protocol compiled for applying: load once, apply per request.
 
     ``timezone``: the local time zone (an IANA name such as ``Australia/Sydney``, or a tzinfo; default UTC) in
-    which dates without a time are read; an unknown name is a ValueError (see ``protocol.fhirpath.time_zone``).
+    which dates without a time are read; an unknown name is a ValueError (see ``protocol.engine.fhirpath.time_zone``).
     """
 
     def __init__(self, content: Content, evaluator: Evaluator | None = None, timezone: str | tzinfo | None = "UTC"):

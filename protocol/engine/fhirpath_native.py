@@ -1,22 +1,22 @@
 """FHIRPath compiled to Python closures over plain JSON values: a second implementation of the Evaluator.
 
-``protocol.fhirpath`` evaluates through fhirpathpy's function implementations and objects; this
+``protocol.engine.fhirpath`` evaluates through fhirpathpy's function implementations and objects; this
 module implements the same interface (``Evaluator``, ``CompiledExpression``, ``EvaluationContext``)
-without them, for speed.  It shares with ``protocol.fhirpath`` everything that decides *which*
+without them, for speed.  It shares with ``protocol.engine.fhirpath`` everything that decides *which*
 expressions are accepted and *what* a date/time means:
 
 - parsing and every compile-time check (``_parse_checked``: syntax, unknown functions, arity,
   date/time literals), so both evaluators accept and reject exactly the same texts;
 - the date/time model (``_parse_datetime``, ``_DateTime.keys``) and calendar arithmetic
   (``_shifted_datetime_text``), so comparisons and ``+``/``-`` with durations follow the
-  documented semantics of ``protocol.fhirpath``: precision by precision with seconds and
+  documented semantics of ``protocol.engine.fhirpath``: precision by precision with seconds and
   milliseconds as one precision, offsets normalized when both values have a time part (a value
   without an offset is local time in the evaluation's time zone), empty when equal up to the lower
   of two precisions, arithmetic keeping precision and offset;
 - the FHIRPath 3.0 (STU) functions ``lowBoundary()``, ``highBoundary()``, ``duration()`` and
   ``difference()`` for Date and DateTime values (``_boundary_text``, ``_interval``: the engine
   conventions for values without an offset and for daylight saving changes are documented there and
-  in ``protocol.fhirpath``'s module docstring);
+  in ``protocol.engine.fhirpath``'s module docstring);
 - the JSON form of results (``to_json``) and the FHIR type names (``type_name``).
 
 Values
@@ -26,7 +26,7 @@ A compiled expression works on lists of plain values: the ``dict``, ``str``, ``i
 needs more than the JSON value:
 
 - :class:`Node`: an element or resource reached by navigation, with its FHIR type in ``path``
-  (named as ``protocol.fhirpath`` names it, so ``type_name`` and ``ofType()`` agree).  The type
+  (named as ``protocol.engine.fhirpath`` names it, so ``type_name`` and ``ofType()`` agree).  The type
   comes from the R4 model (``fhirpathpy.models['r4']``: ``path2Type``, ``choiceTypePaths``,
   ``pathsDefinedElsewhere``), looked up once per parent type and member name: ``onset`` of a
   Condition becomes the ``onsetDateTime``/``onsetPeriod``/... field present, typed ``dateTime``,
@@ -41,7 +41,7 @@ Evaluation
 ----------
 The parse tree is compiled once into closures ``run(input, state) -> list``.  ``%name`` reads the
 caller's mapping when it is reached (``name in env`` then ``env[name]``, at every read, like
-``protocol.fhirpath``), ``and``/``or``/``implies`` do not evaluate their right operand when the
+``protocol.engine.fhirpath``), ``and``/``or``/``implies`` do not evaluate their right operand when the
 left one decides, and three-valued logic, empty propagation and singleton evaluation follow
 FHIRPath 2.0.  ``now()``, ``today()``, ``timeOfDay()``, ``memberOf()`` and ``resolve()`` use the
 ``EvaluationContext`` (today() and timeOfDay() in its time zone, ``EvaluationContext.zone``).
@@ -54,11 +54,11 @@ arguments and operands are converted once; the type of a member is looked up onc
 type, ``ofType()`` once per type; date arithmetic and date comparison keys are remembered.  Each of
 these gives the same result as the general path, which remains for every other case.  ``in``,
 ``contains``, ``intersect()``, ``exclude()``, ``subsetOf()`` and ``supersetOf()`` search large
-collections by key (``protocol.fhirpath._Membership``: Python's ``==`` on the items, as before, without
+collections by key (``protocol.engine.fhirpath._Membership``: Python's ``==`` on the items, as before, without
 comparing every pair), a list tested again and again in one evaluation (``%list`` in a where()) is indexed
 once, and where(), select(), all() and aggregate() ask ``EvaluationContext.expired`` every 16 items.
 
-Falling back to protocol.fhirpath
+Falling back to protocol.engine.fhirpath
 ---------------------------------
 - At compile time, an expression calling a function this module does not implement (see
   ``_DELEGATED``) is compiled by ``FhirPathPyEvaluator`` instead, as a whole; its inputs and results
@@ -108,7 +108,7 @@ from fhirpathpy.engine.evaluators import evaluators as _fp_evaluators
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity, FP_Time, ResourceNode, dateTimeRE, timeRE
 from fhirpathpy.models import models
 
-from protocol.fhirpath import (
+from protocol.engine.fhirpath import (
     UCUM,
     CompiledExpression,
     EvaluationContext,
@@ -148,7 +148,7 @@ __all__ = ["DateTime", "NativeEvaluator", "Node", "Quantity", "Time", "native_ev
 class Node:
     """An element or resource of the data with its FHIR type.
 
-    ``path`` is the type as ``protocol.fhirpath`` names it: the resourceType of a resource, the R4
+    ``path`` is the type as ``protocol.engine.fhirpath`` names it: the resourceType of a resource, the R4
     type of an element (``CodeableConcept``, ``dateTime``, ``code``, ``System.String`` ...), the
     element's path when the model gives it no type of its own (``Timing.repeat``: a backbone
     element), ``_.name`` below untyped data, None for untyped data.  Compares equal to a value or
@@ -184,7 +184,7 @@ class DateTime:
 
     @property
     def asStr(self) -> str:  # noqa: N802 - the attribute name of fhirpathpy's date/time values
-        """The value as written (the attribute protocol.fhirpath's date/time values have too)."""
+        """The value as written (the attribute protocol.engine.fhirpath's date/time values have too)."""
         return self.text
 
     def __repr__(self) -> str:
@@ -236,11 +236,11 @@ _FP_TIME_RE = re.compile(timeRE)
 
 
 class _Unsupported(Exception):
-    """Raised while compiling for what this module leaves to protocol.fhirpath."""
+    """Raised while compiling for what this module leaves to protocol.engine.fhirpath."""
 
 
 class _Undefined(Exception):
-    """%name is not defined (reported as protocol.fhirpath reports it)."""
+    """%name is not defined (reported as protocol.engine.fhirpath reports it)."""
 
 
 class _EnvFailure(Exception):
@@ -253,7 +253,7 @@ class _EnvFailure(Exception):
 
 class _State:
     """What one evaluation carries besides its input: variables, context, $this/$index/$total, and the
-    lists searched by `in`/`contains` (see protocol.fhirpath._searched_again)."""
+    lists searched by `in`/`contains` (see protocol.engine.fhirpath._searched_again)."""
 
     __slots__ = ("env", "focus", "ctx", "this", "index", "total", "_offset", "members")
 
@@ -611,7 +611,7 @@ def _decimal_places(value: Any) -> int:
 
 
 def _distinct(items: list) -> list:
-    """distinct(), union(), `|`: the first of each value, the way protocol.fhirpath tells values apart.
+    """distinct(), union(), `|`: the first of each value, the way protocol.engine.fhirpath tells values apart.
 
     Elements and resources (all items Nodes) are the same when their JSON is the same; a data
     object seen before is skipped without comparing, and resources with different type or id
@@ -698,7 +698,7 @@ def _same(item: Any, value: Any) -> bool:
 
 
 def _member_key(item: Any) -> Any:
-    """The key of an item for protocol.fhirpath._Membership under _same: a Node's data as a JSON value; a
+    """The key of an item for protocol.engine.fhirpath._Membership under _same: a Node's data as a JSON value; a
     DateTime, Time or Quantity equals only itself (none defines ``==``), so its identity is its key."""
     t = type(item)
     if t is Node:
@@ -845,7 +845,7 @@ class _Member:
     is looked up in the model once per element type: the field names of a choice element
     (``onsetDateTime``, ``onsetPeriod`` ...) with their types, or the member's own type.  A
     primitive's ``_name`` element (its extensions) is a child too, with the primitive's type, as
-    protocol.fhirpath has it.
+    protocol.engine.fhirpath has it.
     """
 
     __slots__ = ("key", "under_key", "path2type", "elsewhere", "choice_paths", "by_path")
@@ -2457,7 +2457,7 @@ def _fn_time_of_day(compiler: _Compiler, params: list) -> _Run:
 def _single_date_time(items: list, function: str) -> _DateTime | None:
     """The one Date/DateTime of a boundary or interval function's input or argument; None when empty.
 
-    Only typed values count (as in protocol.fhirpath); anything else, or more than one item, is an error.
+    Only typed values count (as in protocol.engine.fhirpath); anything else, or more than one item, is an error.
     """
     items = _without_extension_twin(items)
     if not items:
@@ -2471,7 +2471,7 @@ def _single_date_time(items: list, function: str) -> _DateTime | None:
 
 
 def _fn_boundary(high: bool) -> Callable[[_Compiler, list], _Run]:
-    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (protocol.fhirpath._boundary_text)."""
+    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (protocol.engine.fhirpath._boundary_text)."""
     name = "highBoundary" if high else "lowBoundary"
 
     def build(compiler: _Compiler, params: list) -> _Run:
@@ -2495,7 +2495,7 @@ def _fn_boundary(high: bool) -> Callable[[_Compiler, list], _Run]:
 
 
 def _fn_interval(whole: bool) -> Callable[[_Compiler, list], _Run]:
-    """duration(value, precision) / difference(value, precision) (protocol.fhirpath._interval)."""
+    """duration(value, precision) / difference(value, precision) (protocol.engine.fhirpath._interval)."""
     name = "duration" if whole else "difference"
 
     def build(compiler: _Compiler, params: list) -> _Run:
@@ -2561,7 +2561,7 @@ def _is_distinct(data: list) -> list:
     return [len(data) == len(_distinct(data))]
 
 
-#: Functions left to protocol.fhirpath (an expression calling one is evaluated there as a whole).
+#: Functions left to protocol.engine.fhirpath (an expression calling one is evaluated there as a whole).
 _DELEGATED = frozenset({
     "repeat", "trace", "children", "descendants", "sum", "min", "max", "avg", "toQuantity", "toTime",
     "convertsToQuantity", "convertsToTime", "encode", "decode",
@@ -2650,11 +2650,11 @@ _FUNCTIONS: dict[str, Callable[[_Compiler, list], _Run]] = {
 }
 
 
-# ---------------------------------------------------------------- conversion to and from protocol.fhirpath values
+# ---------------------------------------------------------------- conversion to and from protocol.engine.fhirpath values
 
 
 def _to_fhirpathpy(value: Any) -> Any:
-    """The value as protocol.fhirpath represents it (for an evaluation handed over to it)."""
+    """The value as protocol.engine.fhirpath represents it (for an evaluation handed over to it)."""
     t = type(value)
     if t is Node:
         data = value.data
@@ -2674,7 +2674,7 @@ def _to_fhirpathpy(value: Any) -> Any:
 
 
 def _from_fhirpathpy(value: Any) -> Any:
-    """A protocol.fhirpath result item as this module represents it."""
+    """A protocol.engine.fhirpath result item as this module represents it."""
     if isinstance(value, ResourceNode):
         return Node(value.data, value.path)
     if isinstance(value, FP_DateTime):
@@ -2687,7 +2687,7 @@ def _from_fhirpathpy(value: Any) -> Any:
 
 
 class _FhirPathPyVariables(Mapping):
-    """The caller's variables as protocol.fhirpath values, converted when read."""
+    """The caller's variables as protocol.engine.fhirpath values, converted when read."""
 
     __slots__ = ("_env",)
 
@@ -2770,7 +2770,7 @@ class _NativeExpression:
         return list(result)
 
     def evaluate_with_fhirpathpy(self, env: Mapping[str, Any], ctx: EvaluationContext, focus: Any = None) -> list:
-        """The same evaluation done by protocol.fhirpath's evaluator (results converted)."""
+        """The same evaluation done by protocol.engine.fhirpath's evaluator (results converted)."""
         delegate = self._delegate
         if delegate is None:
             delegate = self._delegate = self._evaluator.fhirpathpy.compile(self.source)
@@ -2778,7 +2778,7 @@ class _NativeExpression:
 
 
 class _DelegatedExpression:
-    """An expression this module does not compile, evaluated by protocol.fhirpath (values converted)."""
+    """An expression this module does not compile, evaluated by protocol.engine.fhirpath (values converted)."""
 
     __slots__ = ("source", "variables", "reason", "_compiled")
 
@@ -2794,16 +2794,16 @@ class _DelegatedExpression:
         return f"DelegatedExpression({self.source!r}, reason={self.reason!r})"
 
     def __call__(self, env: Mapping[str, Any], ctx: EvaluationContext, focus: Any = None) -> list:
-        """Evaluate through protocol.fhirpath (see CompiledExpression.__call__)."""
+        """Evaluate through protocol.engine.fhirpath (see CompiledExpression.__call__)."""
         return _evaluate_with_fhirpathpy(self._compiled, env, ctx, focus)
 
 
 class NativeEvaluator:
     """The Evaluator compiling FHIRPath to closures over plain JSON values (see the module docstring).
 
-    ``rerun``: when the native evaluation raises, evaluate again with protocol.fhirpath (default);
+    ``rerun``: when the native evaluation raises, evaluate again with protocol.engine.fhirpath (default);
     False reports the native error instead.  Compiled expressions have ``native`` True, or False when
-    the expression is evaluated by protocol.fhirpath as a whole (then ``reason`` says why).
+    the expression is evaluated by protocol.engine.fhirpath as a whole (then ``reason`` says why).
     """
 
     def __init__(self, model: dict | None = None, *, rerun: bool = True) -> None:
@@ -2813,11 +2813,11 @@ class NativeEvaluator:
         self.rerun = rerun
 
     def compile(self, expression: str) -> CompiledExpression:
-        """Parse once with protocol.fhirpath's checks (FhirPathSyntaxError) and compile to closures."""
+        """Parse once with protocol.engine.fhirpath's checks (FhirPathSyntaxError) and compile to closures."""
         root, variables = _parse_checked(expression)
         try:
             if _calls_delegated(root):
-                raise _Unsupported("calls a function left to protocol.fhirpath")
+                raise _Unsupported("calls a function left to protocol.engine.fhirpath")
             run = _Compiler(self._model, self._types).compile(root["children"][0])
         except _Unsupported as exc:
             return _DelegatedExpression(expression, variables, self.fhirpathpy.compile(expression), str(exc))
@@ -2832,7 +2832,7 @@ class NativeEvaluator:
         return Node(resource, _resource_type_of(resource))
 
     def to_json(self, value: Any) -> Any:
-        """One raw result item as JSON, exactly as protocol.fhirpath converts the same result."""
+        """One raw result item as JSON, exactly as protocol.engine.fhirpath converts the same result."""
         return _to_json(value)
 
     def type_name(self, value: Any) -> str | None:

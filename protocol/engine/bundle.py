@@ -7,7 +7,7 @@ import uuid
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
-from protocol.content import Content
+from protocol.engine.content import Content
 
 BundleType = Literal["transaction", "collection"]
 

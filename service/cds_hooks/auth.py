@@ -132,7 +132,7 @@ class ReplayCache:
     PURGE_INTERVAL_SECONDS = 60
 
     def __init__(self, path: str):
-        from service.feedback import open_database  # the stores' one way of opening their database
+        from service.cds_hooks.feedback import open_database  # the stores' one way of opening their database
 
         self.path = path  #: the database setting: an SQLite file or sqlite:/// URL, or a postgresql:// URL
         self._database = open_database(path, self.SCHEMA)

@@ -1,7 +1,7 @@
 """Durable record of the cards issued and of the feedback clients send about them (SQLite in WAL mode, or PostgreSQL).
 
 The ``database`` setting names the database: a file path or ``sqlite:///path`` for SQLite (one machine, the default),
-``postgresql://user@host:port/db`` for a PostgreSQL database that several instances share (service.postgresql). The
+``postgresql://user@host:port/db`` for a PostgreSQL database that several instances share (service.cds_hooks.postgresql). The
 same statements serve both.
 
 Nothing about the patient is stored: no ids, no names, no clinical data, no text from the record, no tokens.
@@ -38,9 +38,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.cards import IssuedCard
+from service.cds_hooks.cards import IssuedCard
 from service.config import Settings, database_kind
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, SchemaTooNew, ServiceError
 
 log = logging.getLogger("back_spasm_cds.feedback")
 
@@ -334,7 +334,7 @@ def open_database(database: str, sqlite_schema: str) -> Any:
     PostgresDatabase (its tables made by its migrations). Both offer ``write``, ``read`` and ``run_calls_with``."""
     if database_kind(database) == "postgresql":
         try:
-            from service.postgresql import PostgresDatabase
+            from service.cds_hooks.postgresql import PostgresDatabase
         except ImportError as exc:
             raise RuntimeError("a postgresql:// database needs the PostgreSQL driver: pip install 'back-spasm-cds[postgresql]'") from exc
         return PostgresDatabase(database, unavailable=_refusal, attempts=lambda: WRITE_ATTEMPTS, backoff=_backoff)
@@ -519,10 +519,6 @@ class SqliteFile:
 #: The version of the SQLite schema, kept in the file's ``user_version``: 1 is the schema of TABLES and INDEXES with
 #: ``seen_jti`` (an unstamped file is brought to it by upgrade_tables). A file of a higher version is refused at start.
 SQLITE_SCHEMA_VERSION = 1
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was made or migrated by a newer version of the service: this one must not write to it."""
 
 
 #: Days cards and feedback are kept when the settings say nothing (Settings.retention_days); 0 keeps them for ever.

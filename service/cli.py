@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol.content import CONTENT_DIR, Content, ContentError, ContentSource, load_content, locate_content
+from protocol.engine.content import CONTENT_DIR, Content, ContentError, ContentSource, load_content, locate_content
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -106,7 +106,7 @@ def placeholder_warning(content: Content) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check every artifact; print the problems and exit 1 if there are any."""
-    from protocol.validation import validate_content
+    from protocol.engine.validation import validate_content
 
     content = read_content(args)
     problems = validate_content(content)
@@ -128,7 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the artifacts as a transaction or collection Bundle."""
-    from protocol.bundle import artifact_bundle
+    from protocol.engine.bundle import artifact_bundle
 
     out = output_file(args.out)
     content = read_content(args)
@@ -142,7 +142,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_package(args: argparse.Namespace) -> int:
     """Write the FHIR NPM package (.tgz) into the --out folder."""
-    from protocol.package import build_package
+    from protocol.engine.package import build_package
 
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a file; give a folder (the package is written into it as <packageId>-<version>.tgz)")
@@ -174,7 +174,7 @@ def _clock(text: str | None, zone: tzinfo = timezone.utc) -> datetime:
 
 def compiled(content: Content, zone: tzinfo) -> Any:
     """The engine for the content; content that cannot be compiled is the author's mistake, named in one line."""
-    from protocol.engine import Engine
+    from protocol.engine.apply import Engine
 
     try:
         return Engine(content, timezone=zone)
@@ -190,11 +190,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     that names a draft order of another patient (a request error, as the service's 400), 1 for any other call
     that cannot be made.
     """
-    from protocol.content import read_json
-    from protocol.engine import ApplyError
-    from protocol.fhirpath import time_zone
-    from protocol.output import bundle_r5, careplan_r4
-    from protocol.requests import DraftForAnotherPatient, calls_for_bundle, calls_for_hook, is_hook_request, run_calls
+    from protocol.engine.content import read_json
+    from protocol.engine.apply import ApplyError
+    from protocol.engine.fhirpath import time_zone
+    from protocol.engine.output import bundle_r5, careplan_r4
+    from service.cds_hooks.calls import DraftForAnotherPatient, calls_for_bundle, calls_for_hook, is_hook_request, run_calls
 
     out = output_file(args.out)
     name = args.timezone if args.timezone is not None else os.environ.get(TIMEZONE_VARIABLE, "UTC")

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from protocol.terminology import Terminology, codes_of, concept_in, index_codes, split_canonical
+from protocol.engine.terminology import Terminology, codes_of, concept_in, index_codes, split_canonical
 
 
 class RecordTooLarge(ValueError):

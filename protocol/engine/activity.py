@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.jsondata import copy_json
+from protocol.engine.jsondata import copy_json
 
 Json = dict[str, Any]
 

@@ -45,7 +45,7 @@ elements, @-literals, now(), today(), date arithmetic, toDateTime(); other value
   of local time in the evaluation's zone; empty when a value is less precise than the precision asks
   (``_interval``).
 
-Choosing the engine: ``default_evaluator()`` returns ``protocol.fhirpath_native.NativeEvaluator``,
+Choosing the engine: ``default_evaluator()`` returns ``protocol.engine.fhirpath_native.NativeEvaluator``,
 an implementation of the same interface that evaluates over plain JSON values with the same parser,
 compile-time checks and date/time semantics, and hands anything it does not cover back to this
 fhirpathpy-based evaluator (that module lists the few corner cases where results differ). It was
@@ -573,7 +573,7 @@ def _arithmetic(original: Callable, sign: int) -> Callable:
     return operator
 
 
-_JSON_KEYS = "protocol.fhirpath:json-keys"  # state entry: id(data) -> (data, JSON text), per evaluation
+_JSON_KEYS = "protocol.engine.fhirpath:json-keys"  # state entry: id(data) -> (data, JSON text), per evaluation
 
 
 def _distinct(ctx: dict, items: list) -> list:
@@ -806,7 +806,7 @@ def _fp_in_list(item: Any, value: Any) -> Any:
     return item is value or item == value
 
 
-_MEMBERS = "protocol.fhirpath:members"  # state entry: the lists searched in this evaluation (see _searched_again)
+_MEMBERS = "protocol.engine.fhirpath:members"  # state entry: the lists searched in this evaluation (see _searched_again)
 
 
 def _fp_holds(ctx: dict, items: list, value: Any) -> bool:
@@ -1055,7 +1055,7 @@ def _corrected_operators() -> dict[str, dict]:
 #
 # The local time zone of an evaluation (EvaluationContext.zone) decides what a date or dateTime written
 # without an offset means, and what "today" is.  The functions below are shared with
-# protocol.fhirpath_native, so that both evaluators give the same results; see the docstrings of
+# protocol.engine.fhirpath_native, so that both evaluators give the same results; see the docstrings of
 # _boundary_text and _interval for the semantics of lowBoundary()/highBoundary() and duration()/difference().
 
 
@@ -1551,7 +1551,7 @@ def _inspect(ast: dict, expression: str) -> frozenset[str]:
 # operand when the left one decides the result, and %variables are read from the
 # caller's mapping only when the expression reaches them (see _Variables).
 
-_COMPILED = "protocol.fhirpath:compiled"
+_COMPILED = "protocol.engine.fhirpath:compiled"
 
 
 def _run_compiled_node(ctx: dict, data: Any, node: dict) -> Any:
@@ -2311,7 +2311,7 @@ _ENGINES = ("fhirpathpy", "native")
 def default_evaluator() -> Evaluator:
     """The project's FHIRPath engine, as chosen by the BACK_SPASM_CDS_FHIRPATH environment variable.
 
-    Unset, empty or ``native``: protocol.fhirpath_native.NativeEvaluator (falling back to fhirpathpy).
+    Unset, empty or ``native``: protocol.engine.fhirpath_native.NativeEvaluator (falling back to fhirpathpy).
     ``fhirpathpy``: fhirpathpy with the R4 model and the corrections above.  Any other value is a ValueError.
     The variable is read at every call, so it applies to engines created after it is set.
     """
@@ -2319,7 +2319,7 @@ def default_evaluator() -> Evaluator:
     if choice == "fhirpathpy":
         return _DEFAULT
     if choice == "native":
-        from protocol.fhirpath_native import native_evaluator
+        from protocol.engine.fhirpath_native import native_evaluator
 
         return native_evaluator()
     raise ValueError(f"{ENGINE_VARIABLE}={choice!r}: expected one of {', '.join(_ENGINES)}")

@@ -1,6 +1,6 @@
 """The shared PostgreSQL database of many service instances: connections, transactions, retries and the schema's migrations.
 
-Used when the ``database`` setting is a ``postgresql://`` URL (see service.feedback.open_database). It offers what SqliteFile offers the
+Used when the ``database`` setting is a ``postgresql://`` URL (see service.cds_hooks.feedback.open_database). It offers what SqliteFile offers the
 stores (``write``, ``read``, ``run_calls_with``), so the stores' statements run unchanged on either database: they are
 written once with ``?`` placeholders, which PgSession turns into the driver's ``%s`` (values are always sent apart
 from the statement, never formatted into it).
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from service.feedback import SchemaTooNew
+from service.errors import SchemaTooNew
 
 log = logging.getLogger("back_spasm_cds.postgresql")
 
@@ -39,7 +39,7 @@ LOCK_TIMEOUT_MS = 2000
 MIGRATION_LOCK = 0x62_73_63_64  # "bscd"
 
 #: The schema, one migration per version, each applied once, in order, in one transaction; never edit a released one,
-#: add the next. Only ids, codes, times and counts are kept (see service.feedback).
+#: add the next. Only ids, codes, times and counts are kept (see service.cds_hooks.feedback).
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE issued_card (

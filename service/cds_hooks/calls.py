@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.engine import ApplyError, Deadline, Engine
-from protocol.record import SubjectScope, entries_of, patient_full_urls
+from protocol.engine.apply import ApplyError, Deadline, Engine
+from protocol.engine.record import SubjectScope, entries_of, patient_full_urls
 
 ORDER_HOOKS = ("order-select", "order-sign")
 

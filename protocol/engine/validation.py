@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from protocol.content import Content
-from protocol.fhirpath import Evaluator, FhirPathSyntaxError, default_evaluator
-from protocol.logic import (
+from protocol.engine.content import Content
+from protocol.engine.fhirpath import Evaluator, FhirPathSyntaxError, default_evaluator
+from protocol.engine.logic import (
     EXPRESSION_LANGUAGE,
     STANDARD_VARIABLES,
     VARIABLE_EXTENSION,
@@ -25,7 +25,7 @@ from protocol.logic import (
     library_names,
     resource_variables,
 )
-from protocol.terminology import codings_of
+from protocol.engine.terminology import codings_of
 
 # fhir.resources 8 has no R4 (4.0.1) models; R4B (4.3.0) is the nearest. For the types shipped here
 # (PlanDefinition, ActivityDefinition, Library, ValueSet, CodeSystem, StructureDefinition) the R4B

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from protocol.content import Content
+from protocol.engine.content import Content
 
 Json = dict[str, Any]
 

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from protocol.engine import AppliedAction, ApplyResult, Issue, _instant, canonical_of, new_id
-from protocol.jsondata import copy_json
+from protocol.engine.apply import AppliedAction, ApplyResult, Issue, _instant, canonical_of, new_id
+from protocol.engine.jsondata import copy_json
 
 Json = dict[str, Any]
 CQF_MESSAGES = "http://hl7.org/fhir/StructureDefinition/cqf-messages"

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from protocol.content import Content
+from protocol.engine.content import Content
 
 FIXED_MTIME = 0  # reproducible archives: the same content gives the same bytes
 

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.content import Content
-from protocol.engine import AppliedAction, ApplyResult
-from protocol.jsondata import copy_json
-from protocol.output import careplan_r4
+from protocol.engine.content import Content
+from protocol.engine.apply import AppliedAction, ApplyResult
+from protocol.engine.jsondata import copy_json
+from protocol.engine.output import careplan_r4
 
 Json = dict[str, Any]
 INDICATORS = {"routine": "info", "urgent": "warning", "asap": "critical", "stat": "critical"}

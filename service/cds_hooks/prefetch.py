@@ -42,11 +42,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from protocol.engine import CompiledPlan, Engine
-from protocol.jsondata import JsonShapeError, check_shape
-from protocol.requirements import data_requirements
+from protocol.engine.apply import CompiledPlan, Engine
+from protocol.engine.jsondata import JsonShapeError, check_shape
+from protocol.engine.requirements import data_requirements
 from service.errors import PreconditionFailed
-from service.hook_request import FHIR_ID
+from service.cds_hooks.hook_request import FHIR_ID
 from service.urls import below, fhir_base
 
 log = logging.getLogger("back_spasm_cds.prefetch")

@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from protocol.requests import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
-from service.cards import CardBuilder, override_reason_codes, response
-from protocol.engine import ApplyError, ApplyTimeout, Deadline, TooMuchData
+from service.cds_hooks.calls import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
+from service.cds_hooks.cards import CardBuilder, override_reason_codes, response
+from protocol.engine.apply import ApplyError, ApplyTimeout, Deadline, TooMuchData
 from service.errors import BadRequest, NotFound, ServiceError
-from service.feedback import check_against_issued, parse_feedback
-from service.hook_request import check_hook_request, normalise_request, read_json_body
-from service.prefetch import gather
+from service.cds_hooks.feedback import check_against_issued, parse_feedback
+from service.cds_hooks.hook_request import check_hook_request, normalise_request, read_json_body
+from service.cds_hooks.prefetch import gather
 from service.urls import fhir_base
 
 bp = Blueprint("cds", __name__)

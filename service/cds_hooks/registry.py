@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.engine import CompiledPlan, Engine
-from service.prefetch import prefetch_templates
+from protocol.engine.apply import CompiledPlan, Engine
+from service.cds_hooks.prefetch import prefetch_templates
 
 SUPPORTED_HOOKS = ("patient-view", "order-select", "order-sign")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from protocol.jsondata import JsonShapeError, check_shape
-from protocol.paths import element_info
+from protocol.engine.jsondata import JsonShapeError, check_shape
+from protocol.engine.paths import element_info
 from service.errors import BadRequest, UnsupportedMediaType
 from service.urls import BadBaseUrl, fhir_base
 

@@ -1,0 +1,1 @@
+"""Everything CDS Hooks: discovery, hook requests and their drafts, prefetch, cards, client JWTs, feedback and its storage."""
