@@ -47,7 +47,7 @@ class LiveServer:
 
     def start(self, timeout: float = 60.0) -> "LiveServer":
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "protocol.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                                             cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

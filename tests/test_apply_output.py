@@ -16,8 +16,8 @@ from fhir.resources import get_fhir_model_class as r5_model
 from fhir.resources.R4B import get_fhir_model_class as r4b_model
 from fhir.resources.R4B.careplan import CarePlan
 
-from protocol.engine import canonical_of
-from protocol.output import CQF_MESSAGES, bundle_r5, careplan_r4
+from protocol.engine.apply import canonical_of
+from protocol.engine.output import CQF_MESSAGES, bundle_r5, careplan_r4
 from tests.cds_support import (
     PATHWAY, REVIEW, ContentCopy, action_in, cards, engine, find, fhirpath, get, medication_codes, phase, review, view,
 )

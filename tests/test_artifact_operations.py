@@ -13,20 +13,20 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.implementationguide import ImplementationGuide
 from fhir.resources.R4B.library import Library
 
-from protocol.bundle import artifact_bundle
-from protocol.content import Content, load_content
-from protocol.engine import Engine
-from protocol.package import build_package, implementation_guide
-from protocol.requirements import (
+from protocol.engine.bundle import artifact_bundle
+from protocol.engine.content import Content, load_content
+from protocol.engine.apply import Engine
+from protocol.engine.package import build_package, implementation_guide
+from protocol.engine.requirements import (
     data_requirements,
     dependencies,
     module_definition,
     package_bundle,
 )
-from protocol.validation import SHAREABLE, validate_content
+from protocol.engine.validation import SHAREABLE, validate_content
 from service import create_app
 from service.config import Settings
-from service.prefetch import prefetch_templates
+from service.cds_hooks.prefetch import prefetch_templates
 from tests.fhir_check import fhir_check
 from tests.service_helpers import shared_engine
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from protocol.content import load_content
-from protocol.engine import ApplyTimeout, Deadline, Engine, TooMuchData
-from protocol.fhirpath import FhirPathPyEvaluator
-from protocol.fhirpath_native import NativeEvaluator
+from protocol.engine.content import load_content
+from protocol.engine.apply import ApplyTimeout, Deadline, Engine, TooMuchData
+from protocol.engine.fhirpath import FhirPathPyEvaluator
+from protocol.engine.fhirpath_native import NativeEvaluator
 from service import create_app
 from service.config import ConfigError, Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient, concept, day

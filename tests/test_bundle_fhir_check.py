@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocol.bundle import artifact_bundle
-from protocol.content import load_content
+from protocol.engine.bundle import artifact_bundle
+from protocol.engine.content import load_content
 from tests.fhir_check import fhir_check
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cards import DRAFT_ORDER_EXTENSION
+from service.cds_hooks.cards import DRAFT_ORDER_EXTENSION
 from tests.patients import CYCLOBENZAPRINE_10, PHENELZINE, TENS_DEVICE, Patient
 from tests.service_helpers import by_topic, cards_of, hook_body, make_app
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from service.cards import markdown_text, plain_line
+from service.cds_hooks.cards import markdown_text, plain_line
 from tests.patients import CYCLOBENZAPRINE_10, PHENELZINE, RXNORM, Patient
 from tests.service_helpers import cards_of, hook_body, make_app
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import protocol.engine
-from protocol.cli import main
+import protocol.engine.apply
+from service.cli import main
 from tests.cds_support import engine
 from tests.patients import CYCLOBENZAPRINE_10, DATA, RXNORM, SERTRALINE, Patient, concept
 
@@ -24,7 +24,7 @@ AT = "2026-11-25T10:00:00Z"
 @pytest.fixture
 def reuse_engine(engine, monkeypatch):
     """Let the command use the module's compiled engine instead of compiling the content again."""
-    monkeypatch.setattr(protocol.engine, "Engine", lambda content, *args, **kwargs: engine)
+    monkeypatch.setattr(protocol.engine.apply, "Engine", lambda content, *args, **kwargs: engine)
 
 
 def write(tmp_path: Path, name: str, data: dict) -> Path:
@@ -212,7 +212,7 @@ def test_warnings_go_to_stderr_and_stdout_is_only_the_json(tmp_path):
     patient = severe_patient()
     patient.medication(SERTRALINE)
     data = write(tmp_path, "patient.json", patient.bundle("collection"))
-    proc = subprocess.run([sys.executable, "-m", "protocol.cli", "apply", "--data", str(data), "--at", AT],
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "apply", "--data", str(data), "--at", AT],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     careplan = json.loads(proc.stdout)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.content import load_content
-from protocol.fhirpath import EvaluationContext, FhirPathPyEvaluator
-from protocol.fhirpath_native import native_evaluator
-from protocol.record import Record
-from protocol.terminology import SYSTEM_ALIASES, canonical_system, index_codes
+from protocol.engine.content import load_content
+from protocol.engine.fhirpath import EvaluationContext, FhirPathPyEvaluator
+from protocol.engine.fhirpath_native import native_evaluator
+from protocol.engine.record import Record
+from protocol.engine.terminology import SYSTEM_ALIASES, canonical_system, index_codes
 from tests.cds_support import VS, cards, engine, phase, view
 from tests.patients import (
     CLOCK, ICD, LOINC, PAIN_NRS, PHENELZINE, RXNORM, SCT, SPASM_ICD, SPASM_SCT, Patient, concept,

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from protocol.requests import calls_for_hook, run_calls
+from service.cds_hooks.calls import calls_for_hook, run_calls
 from tests.cds_support import (
     PATHWAY, REVIEW, cards, engine, get, mentions_date, phase, resources, review, text_of, view,
 )

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from protocol.output import careplan_r4
+from protocol.engine.output import careplan_r4
 from tests.cds_support import PATHWAY, cards, engine, get, phase
 from tests.patients import PHENELZINE, SEVERE, SPASM_ICD, Patient
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.output import careplan_r4
+from protocol.engine.output import careplan_r4
 from tests.cds_support import (
     MEDICATION_CARDS, VS, cards, engine, find, get, medication_codes, phase, resources, review, rule_codes, text_of, view,
 )

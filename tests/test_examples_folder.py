@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.cli import main
+from service.cli import main
 from service import create_app
 from service.config import Settings
 from tests.service_helpers import SERVICES, r4b_problems, shared_engine, templates

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-import service.feedback
+import service.cds_hooks.feedback
 from service import state_of
-from service.auth import ReplayCache
-from service.feedback import StorageUnavailable
+from service.cds_hooks.auth import ReplayCache
+from service.cds_hooks.feedback import StorageUnavailable
 from tests.live_server import LiveServer
 from tests.patients import Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
@@ -47,8 +47,8 @@ def spasm_patient() -> Patient:
 @pytest.fixture
 def impatient(monkeypatch):
     """Short waits for the write lock, so that a refused write is seen within a test's time."""
-    monkeypatch.setattr(service.feedback, "BUSY_TIMEOUT_MS", 50)
-    monkeypatch.setattr(service.feedback, "WRITE_ATTEMPTS", 3)
+    monkeypatch.setattr(service.cds_hooks.feedback, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(service.cds_hooks.feedback, "WRITE_ATTEMPTS", 3)
 
 
 def hold_write_lock(path: str) -> sqlite3.Connection:
@@ -103,7 +103,7 @@ def test_a_refused_write_asks_the_client_to_come_back(tmp_path, impatient):
     other = hold_write_lock(store.path)
     try:
         with pytest.raises(StorageUnavailable) as refused:
-            store.record_feedback(PATIENT_VIEW, service.feedback.parse_feedback(
+            store.record_feedback(PATIENT_VIEW, service.cds_hooks.feedback.parse_feedback(
                 {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:01:00Z"}]}))
     finally:
         other.rollback()

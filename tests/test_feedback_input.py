@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import state_of
-from service.feedback import MAX_ITEMS, MAX_LENGTH, MAX_STORED_CHARACTERS, MAX_SUGGESTIONS
+from service.cds_hooks.feedback import MAX_ITEMS, MAX_LENGTH, MAX_STORED_CHARACTERS, MAX_SUGGESTIONS
 from tests.patients import SERTRALINE, Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app, outcome_diagnostics
 from tests.storage_backends import BACK_ENDS, admin_rows, fresh_database

@@ -9,10 +9,10 @@ import tarfile
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from protocol.bundle import artifact_bundle
-from protocol.cli import main
-from protocol.output import bundle_r5, careplan_r4
-from protocol.package import build_package
+from protocol.engine.bundle import artifact_bundle
+from service.cli import main
+from protocol.engine.output import bundle_r5, careplan_r4
+from protocol.engine.package import build_package
 from service import create_app
 from service.config import Settings
 from tests.fhir_check import fhir_check

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from protocol.jsondata import MAX_DEPTH, JsonShapeError, check_shape, copy_json
+from protocol.engine.jsondata import MAX_DEPTH, JsonShapeError, check_shape, copy_json
 from tests.patients import CYCLOBENZAPRINE_5, concept
 
 

@@ -21,11 +21,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import service.feedback
+import service.cds_hooks.feedback
 from service import state_of
-from service.auth import ReplayCache
-from service.cards import IssuedCard
-from service.feedback import FeedbackStore, StorageUnavailable, parse_feedback
+from service.cds_hooks.auth import ReplayCache
+from service.cds_hooks.cards import IssuedCard
+from service.cds_hooks.feedback import FeedbackStore, StorageUnavailable, parse_feedback
 from tests.live_server import LiveServer
 from tests.patients import Patient
 from tests.service_helpers import PATIENT_VIEW, by_topic, cards_of, hook_body, make_app
@@ -60,7 +60,7 @@ def issued(*uuids: str) -> list[IssuedCard]:
     return [IssuedCard(u, "act-phase-plan", "phase-plan", "info", [f"{u}-s1"]) for u in uuids]
 
 
-def overridden(card: str, stamp: str = "2026-11-25T10:01:00Z") -> list[service.feedback.FeedbackItem]:
+def overridden(card: str, stamp: str = "2026-11-25T10:01:00Z") -> list[service.cds_hooks.feedback.FeedbackItem]:
     return parse_feedback({"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": stamp}]})
 
 
@@ -111,7 +111,7 @@ def test_records_past_the_retention_are_purged_by_any_instance(database):
 
 
 def test_the_schema_is_migrated_once_and_a_newer_schema_is_refused(postgresql):
-    from service.postgresql import SCHEMA_VERSION, SchemaTooNew
+    from service.cds_hooks.postgresql import SCHEMA_VERSION, SchemaTooNew
 
     FeedbackStore(postgresql)
     ReplayCache(postgresql)
@@ -144,7 +144,7 @@ def database_down(url: str) -> Iterator[None]:
 
 
 def test_while_the_database_is_down_writes_are_503_cards_still_answered_and_readiness_comes_back(postgresql, tmp_path, monkeypatch):
-    monkeypatch.setattr(service.feedback, "FIRST_BACKOFF_SECONDS", 0.001)
+    monkeypatch.setattr(service.cds_hooks.feedback, "FIRST_BACKOFF_SECONDS", 0.001)
     app = make_app(tmp_path, database=postgresql)
     client = app.test_client()
     item = {"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:01:00Z"}
@@ -291,7 +291,7 @@ def test_the_database_setting_names_a_file_or_a_url(setting, kind):
     from service.config import Settings
 
     assert Settings.load(environ={}, overrides={"database": setting}).database == setting
-    assert service.feedback.database_kind(setting) == kind
+    assert service.cds_hooks.feedback.database_kind(setting) == kind
 
 
 def test_an_sqlite_url_opens_the_file_it_names(tmp_path):
@@ -308,7 +308,7 @@ def test_a_database_url_of_another_kind_stops_the_service(setting):
 
 
 def test_each_connection_waits_for_a_row_lock_at_most_the_lock_timeout_and_keeps_the_url_options(postgresql):
-    from service.postgresql import LOCK_TIMEOUT_MS
+    from service.cds_hooks.postgresql import LOCK_TIMEOUT_MS
 
     store = FeedbackStore(postgresql + "?options=-c%20statement_timeout%3D5000")
     settings = store._database.read(lambda db: db.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')").fetchone())

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 import pytest
 from werkzeug.wrappers import Response
 
-from service.prefetch import PAGE_SIZE, failed, query_label, with_page_size
+from service.cds_hooks.prefetch import PAGE_SIZE, failed, query_label, with_page_size
 
 from tests.patients import CYCLOBENZAPRINE_5, Patient
 from tests.service_helpers import (

@@ -49,7 +49,7 @@ def test_each_documented_variable_really_sets_its_setting(tmp_path):
 
 
 def test_the_shipped_example_of_trusted_clients_loads(tmp_path):
-    from service.auth import load_clients
+    from service.cds_hooks.auth import load_clients
 
     path = Path(__file__).resolve().parent.parent / "service" / "trust" / "example-clients.json"
     clients = load_clients(path)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.content import load_content
-from protocol.record import Record
+from protocol.engine.content import load_content
+from protocol.engine.record import Record
 from tests.patients import CLOCK, HEART_FAILURE, ICD, PHENELZINE, PT_PROCEDURE, SERTRALINE, SPASM_ICD, SPASM_SCT, concept, when
 
 SPASM_VS = "http://example.org/fhir/back-spasm-cds/ValueSet/back-muscle-spasm"

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-import protocol.engine
-from protocol.cli import main
-from protocol.content import CONTENT_DIR
+import protocol.engine.apply
+from service.cli import main
+from protocol.engine.content import CONTENT_DIR
 from tests.cds_support import (
     cards,
     engine,
@@ -855,7 +855,7 @@ def test_example_15_engine(engine):
 
 @pytest.fixture
 def reuse_engine(engine, monkeypatch):
-    monkeypatch.setattr(protocol.engine, "Engine", lambda content, *args, **kwargs: engine)
+    monkeypatch.setattr(protocol.engine.apply, "Engine", lambda content, *args, **kwargs: engine)
 
 
 def apply_cli(tmp_path: Path, capsys, data: dict) -> object:

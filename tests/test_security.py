@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from protocol.content import load_content
-from protocol.engine import Engine
+from protocol.engine.content import load_content
+from protocol.engine.apply import Engine
 from service import create_app
 from service.config import Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient
@@ -412,7 +412,7 @@ def test_keys_are_fetched_from_an_allowed_jku_and_refreshed_once_for_a_new_kid(e
 
 
 def test_fetched_keys_expire_after_the_ttl_and_a_dropped_key_stops_working(engine, tmp_path, keys, patient, httpserver):
-    from service.auth import JWKS_TTL_SECONDS
+    from service.cds_hooks.auth import JWKS_TTL_SECONDS
 
     jku = httpserver.url_for("/jwks.json")
     path = tmp_path / "clients.json"
@@ -435,7 +435,7 @@ def test_fetched_keys_expire_after_the_ttl_and_a_dropped_key_stops_working(engin
 # -- startup guard -----------------------------------------------------------------------------------------
 
 def test_serve_refuses_a_public_address_without_trusted_clients(capsys, monkeypatch):
-    from protocol.cli import main
+    from service.cli import main
 
     monkeypatch.delenv("BACK_SPASM_CDS_MODE", raising=False)
     monkeypatch.delenv("BACK_SPASM_CDS_TRUSTED_CLIENTS", raising=False)

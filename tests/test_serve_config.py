@@ -8,7 +8,7 @@ import json
 import pytest
 
 import service.server
-from protocol.cli import main
+from service.cli import main
 from service.config import ENV_PREFIX, Settings
 
 
@@ -81,7 +81,7 @@ def test_development_mode_set_by_the_environment_off_loopback_needs_insecure(sta
 
 
 def test_the_start_lines_never_show_a_database_password(started, monkeypatch, capsys):
-    from protocol.cli import without_password
+    from service.cli import without_password
 
     assert without_password("postgresql://cds:s3cret@db.example.org:5432/cds") == "postgresql://cds:***@db.example.org:5432/cds"
     assert without_password("postgresql://cds@db.example.org/cds") == "postgresql://cds@db.example.org/cds"

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from werkzeug.wrappers import Response
 
-from service.prefetch import PAGE_SIZE, failed, render
+from service.cds_hooks.prefetch import PAGE_SIZE, failed, render
 
 from tests.patients import (
     CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, SERTRALINE, TENS_DEVICE, Patient,

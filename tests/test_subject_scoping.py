@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import protocol.engine
-from protocol.cli import main
-from protocol.content import load_content
-from protocol.engine import ApplyError
-from protocol.output import careplan_r4
-from protocol.record import Record
-from protocol.requests import DraftForAnotherPatient, calls_for_hook
-from service.cards import CardBuilder
+import protocol.engine.apply
+from service.cli import main
+from protocol.engine.content import load_content
+from protocol.engine.apply import ApplyError
+from protocol.engine.output import careplan_r4
+from protocol.engine.record import Record
+from service.cds_hooks.calls import DraftForAnotherPatient, calls_for_hook
+from service.cds_hooks.cards import CardBuilder
 from tests.cds_support import PATHWAY, REVIEW, cards, engine, find, view
 from tests.patients import (
     CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, HEART_FAILURE, MODERATE, PAIN_NRS, PHENELZINE, PT_REFERRAL, SPASM_ICD,
@@ -375,7 +375,7 @@ def test_the_log_line_counts_the_ignored_resources_and_names_none(app, client, a
 
 
 def test_apply_exits_2_naming_a_draft_for_another_patient(tmp_path: Path, capsys, monkeypatch, engine):
-    monkeypatch.setattr(protocol.engine, "Engine", lambda content, *args, **kwargs: engine)
+    monkeypatch.setattr(protocol.engine.apply, "Engine", lambda content, *args, **kwargs: engine)
     patient = Patient(45)
     patient.spasm(20)
     theirs = repoint(patient.draft_medication(CYCLOBENZAPRINE_5, draft_id="abc"), f"https://ehr.example.org/fhir/Patient/{OTHER}")

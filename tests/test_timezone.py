@@ -16,14 +16,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import protocol.engine
-import protocol.requests
-from protocol.cli import TIMEZONE_VARIABLE, main
-from protocol.content import load_content
-from protocol.engine import Engine
-from protocol.fhirpath import EvaluationContext, FhirPathEvaluationError, FhirPathPyEvaluator, time_zone
-from protocol.fhirpath_native import NativeEvaluator
-from protocol.record import Record
+import protocol.engine.apply
+import service.cds_hooks.calls
+from service.cli import TIMEZONE_VARIABLE, main
+from protocol.engine.content import load_content
+from protocol.engine.apply import Engine
+from protocol.engine.fhirpath import EvaluationContext, FhirPathEvaluationError, FhirPathPyEvaluator, time_zone
+from protocol.engine.fhirpath_native import NativeEvaluator
+from protocol.engine.record import Record
 from service.config import ConfigError, Settings
 from tests.patients import Patient
 
@@ -429,14 +429,14 @@ def command_engine(engine, monkeypatch):
         seen["timezone"] = kwargs.get("timezone")
         return engine
 
-    original = protocol.requests.run_calls
+    original = service.cds_hooks.calls.run_calls
 
     def run_calls(engine, calls, now, *args, **kwargs):
         seen["now"] = now
         return original(engine, calls, now, *args, **kwargs)
 
-    monkeypatch.setattr(protocol.engine, "Engine", make_engine)
-    monkeypatch.setattr(protocol.requests, "run_calls", run_calls)
+    monkeypatch.setattr(protocol.engine.apply, "Engine", make_engine)
+    monkeypatch.setattr(service.cds_hooks.calls, "run_calls", run_calls)
     monkeypatch.delenv(TIMEZONE_VARIABLE, raising=False)
     return seen
 

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from protocol.fhirpath import EvaluationContext, FhirPathPyEvaluator
-from protocol.fhirpath_native import native_evaluator
+from protocol.engine.fhirpath import EvaluationContext, FhirPathPyEvaluator
+from protocol.engine.fhirpath_native import native_evaluator
 from tests.cds_support import cards, engine, find, get, review, text_of, view
 from tests.patients import (
     CLOCK,
