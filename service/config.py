@@ -18,6 +18,8 @@ from typing import Any
 from protocol.engine.fhirpath import time_zone
 
 ENV_PREFIX = "BACK_SPASM_CDS_"
+#: Shortest operator_token accepted: a token that can be guessed would open the feedback report.
+OPERATOR_TOKEN_MIN_LENGTH = 24
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,7 @@ class Settings:
     mode: str = "development"                 #: development (sandbox issuer trusted, unauthenticated calls allowed) or production
     trusted_clients: str | None = None        #: JSON file of trusted CDS clients (required in production)
     allow_unauthenticated: bool = True        #: development only: accept calls without a JWT
+    operator_token: str | None = None         #: bearer token that opens /report (feedback report); without it /report does not exist
     log_level: str = "INFO"
     timezone: str = "UTC"                     #: local time zone (IANA name) in which dates without a time are read
     workers: int = 0                          #: gunicorn worker processes (0: one per CPU core)
@@ -109,6 +112,10 @@ class Settings:
         if self.mode == "production" and not self.public_base_url:
             raise ConfigError("production mode needs public_base_url (the service's external URL): tokens' aud and card links "
                               "are checked and written against it, never against a request's Host header")
+        if self.operator_token is not None and (len(self.operator_token) < OPERATOR_TOKEN_MIN_LENGTH or not self.operator_token.isprintable()
+                                                or any(c.isspace() for c in self.operator_token)):
+            raise ConfigError(f"operator_token must be at least {OPERATOR_TOKEN_MIN_LENGTH} printable characters without spaces "
+                              "(for example the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
         database_kind(self.database)
         try:
             time_zone(self.timezone)
