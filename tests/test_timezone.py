@@ -374,13 +374,13 @@ def test_the_engine_gives_its_zone_to_the_expressions_and_the_record(engine):
 
 def test_apply_takes_a_zone_per_call(engine, monkeypatch):
     seen = []
-    original = protocol.engine.Session.__init__
+    original = protocol.engine.apply.Session.__init__
 
     def record_zone(self, *args, **kwargs):
         original(self, *args, **kwargs)
         seen.append(self.context.zone)
 
-    monkeypatch.setattr(protocol.engine.Session, "__init__", record_zone)
+    monkeypatch.setattr(protocol.engine.apply.Session, "__init__", record_zone)
     patient = Patient(45)
     patient.spasm(20)
     engine.apply("back-spasm-treatment-pathway", patient.resources, CLOCK, patient.id, timezone=SYDNEY)

@@ -452,20 +452,35 @@ class Engine:
                        for a in p.resource.get("action") or [] for t in a.get("trigger") or [])]
 
     # -- applying ---------------------------------------------------------------------------------------
+    def record(self, data: Any, now: datetime, subject: str, *, timezone: str | tzinfo | None = None,
+               max_resources: int | None = None) -> Record:
+        """The subject's record indexed once, to be shared by several ``apply`` calls over the same data and clock.
+
+        The calls of one CDS Hooks request (order-sign reviews each draft in a call of its own) read the same data:
+        indexing it once per request rather than once per call is the point. Every resource a call's parameters
+        name must already be in ``data``. More than ``max_resources`` resources is TooMuchData.
+        """
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ApplyError("the clock must be timezone-aware")
+        if not subject:
+            raise ApplyError("a subject is required")
+        zone = self.timezone if timezone is None else time_zone(timezone)
+        try:
+            return Record.from_data(data, self.content.terminology, now.astimezone(zone), subject, max_resources=max_resources)
+        except RecordTooLarge as exc:
+            raise TooMuchData(exc.count, exc.limit) from None
+
     def _session(self, data: Any, now: datetime, subject: str, encounter: str | None, practitioner: str | None,
                  parameters: Mapping[str, Any] | None, timezone: str | tzinfo | None = None, max_resources: int | None = None,
-                 deadline: Deadline | None = None) -> tuple[Session, Scope, RequestContext]:
+                 deadline: Deadline | None = None, record: Record | None = None) -> tuple[Session, Scope, RequestContext]:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ApplyError("the clock must be timezone-aware")
         zone = self.timezone if timezone is None else time_zone(timezone)
         if not subject:
             raise ApplyError("a subject is required")
-        parameter_resources = [v for v in (parameters or {}).values() if v is not None]
-        try:
-            record = Record.from_data([data, parameter_resources], self.content.terminology, now.astimezone(zone), subject,
-                                      max_resources=max_resources)
-        except RecordTooLarge as exc:
-            raise TooMuchData(exc.count, exc.limit) from None
+        if record is None:
+            parameter_resources = [v for v in (parameters or {}).values() if v is not None]
+            record = self.record([data, parameter_resources], now, subject, timezone=zone, max_resources=max_resources)
         session = Session(self, record, now, parameters, zone, deadline)
         session.check_deadline()
         if record.ignored:
@@ -501,20 +516,23 @@ class Engine:
         for name, compiled in library.variables:
             scope.define_variable(name, compiled)
 
-    def apply(self, plan_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
+    def apply(self, plan_reference: str | CompiledPlan, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
               practitioner: str | None = None, organization: str | None = None,
               parameters: Mapping[str, Any] | None = None, timezone: str | tzinfo | None = None,
-              max_resources: int | None = None, deadline: Deadline | None = None) -> ApplyResult:
+              max_resources: int | None = None, deadline: Deadline | None = None, record: Record | None = None) -> ApplyResult:
         """PlanDefinition/$apply: the applicable actions of the plan for this subject, data and clock.
 
+        ``plan_reference`` is an id or canonical, or the CompiledPlan itself (no look-up).
         ``timezone`` overrides the engine's local time zone for this call (an IANA name or a tzinfo).
         ``max_resources``: a record of more resources (Bundles flattened, contained resources not counted) is
         refused with TooMuchData; ``deadline``: when it passes, the call stops with ApplyTimeout.
+        ``record``: the data already indexed by ``Engine.record`` for this subject, clock and time zone (``data``
+        and ``max_resources`` are then not read again).
         """
-        plan = self.plan(plan_reference)
+        plan = plan_reference if isinstance(plan_reference, CompiledPlan) else self.plan(plan_reference)
         try:
             session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone,
-                                                   max_resources, deadline)
+                                                   max_resources, deadline, record)
             for library in plan.libraries:
                 self._define_library(root, library, parameters)
             root.define_value("context", [session.node(plan.resource)])

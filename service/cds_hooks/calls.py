@@ -13,17 +13,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.engine.apply import ApplyError, Deadline, Engine
-from protocol.engine.record import SubjectScope, entries_of, patient_full_urls
+from protocol.engine.apply import ApplyError, ApplyResult, CompiledPlan, Deadline, Engine
+from protocol.engine.record import Record, SubjectScope, entries_of, patient_full_urls
 
 ORDER_HOOKS = ("order-select", "order-sign")
 
 
 @dataclass
 class ApplyCall:
-    """One PlanDefinition/$apply to run for a request, with the bounds of its work (see Engine.apply)."""
+    """One PlanDefinition/$apply to run for a request, with the bounds of its work (see Engine.apply).
 
-    plan: str
+    The calls of one request share their ``data`` list: ``run_calls`` indexes it once for all of them.
+    """
+
+    compiled: CompiledPlan
     subject: str
     data: list[Any]
     encounter: str | None = None
@@ -33,8 +36,31 @@ class ApplyCall:
     deadline: Deadline | None = None
 
     @property
+    def plan(self) -> str:
+        """The id of the PlanDefinition applied."""
+        return self.compiled.resource["id"]
+
+    @property
     def draft_order(self) -> Mapping[str, Any] | None:
         return self.parameters.get("draftOrder")
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a CDS Hooks request asks, read once: the hook, who and what it is about, and its draft orders.
+
+    ``drafts`` are the resources of ``context.draftOrders`` (each a dict of the request body, not a copy) and
+    ``reviewed`` those the hook reviews; ``draft_bundle`` is the Bundle itself (its fullUrls tell urn:uuid subjects).
+    """
+
+    hook: str
+    subject: str
+    encounter: str | None
+    practitioner: str | None
+    prefetch: Mapping[str, Any]
+    draft_bundle: Any
+    drafts: list[dict[str, Any]]
+    reviewed: list[dict[str, Any]]
 
 
 class DraftForAnotherPatient(ApplyError):
@@ -75,40 +101,58 @@ def _uses_urn(resource: Mapping[str, Any]) -> bool:
                for holder in (resource.get("subject"), resource.get("patient")))
 
 
-def reviewed_orders(hook: str, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+def reviewed_orders(hook: str, context: Mapping[str, Any], drafts: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The draft orders a hook asks about: the selections on order-select, every draft on order-sign."""
-    drafts = bundle_resources(context.get("draftOrders"))
+    if drafts is None:
+        drafts = bundle_resources(context.get("draftOrders"))
     if hook == "order-select":
         selections = {s for s in context.get("selections") or [] if isinstance(s, str)}
         return [d for d in drafts if _reference(d) in selections or (isinstance(d.get("id"), str) and d["id"] in selections)]
     return drafts
 
 
-def calls_for_hook(engine: Engine, body: Mapping[str, Any], plan: str | None = None, data: list[Any] | None = None, *,
-                   max_resources: int | None = None, deadline: Deadline | None = None) -> list[ApplyCall]:
-    """The $apply calls for a CDS Hooks request: one per PlanDefinition (or only ``plan``), and per reviewed
-    order on the order hooks. ``data`` replaces the prefetch values when the caller completed them.
-    ``max_resources`` bounds the record of each call, ``deadline`` all of them together."""
+def hook_context(body: Mapping[str, Any]) -> HookContext:
+    """Read a CDS Hooks request once: its drafts are taken out of their Bundle here and nowhere else, and checked
+    against the patient (DraftForAnotherPatient; urn:uuid subjects told by the prefetch and the drafts' Bundle)."""
     hook = body.get("hook")
     context = body.get("context") or {}
     subject = context.get("patientId")
     if not isinstance(hook, str) or not isinstance(subject, str):
         raise ApplyError("a CDS Hooks request needs hook and context.patientId")
-    drafts = bundle_resources(context.get("draftOrders"))
+    prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), Mapping) else {}
+    bundle = context.get("draftOrders")
+    drafts = bundle_resources(bundle)
+    check_draft_subjects(subject, drafts, [prefetch, bundle])
+    reviewed = reviewed_orders(hook, context, drafts) if hook in ORDER_HOOKS else []
+    return HookContext(hook, subject, context.get("encounterId"), context.get("userId"), prefetch, bundle, drafts, reviewed)
+
+
+def calls_for_hook(engine: Engine, body: Mapping[str, Any] | HookContext, plan: str | CompiledPlan | None = None,
+                   data: list[Any] | None = None, *, max_resources: int | None = None,
+                   deadline: Deadline | None = None) -> list[ApplyCall]:
+    """The $apply calls for a CDS Hooks request (its body, or the HookContext read from it): one per PlanDefinition
+    (or only ``plan``), and per reviewed order on the order hooks. ``data`` replaces the prefetch values when the
+    caller completed them; the drafts are then checked again against it, since it may hold the Patient entries a
+    urn:uuid subject names. ``max_resources`` bounds the record, ``deadline`` all the calls together."""
+    request = body if isinstance(body, HookContext) else hook_context(body)
     if data is None:
-        prefetch = body.get("prefetch") or {}
-        data = [value for value in prefetch.values() if value is not None]
-    check_draft_subjects(subject, drafts, [data, context.get("draftOrders")])
-    common = {"subject": subject, "data": list(data) + drafts, "encounter": context.get("encounterId"), "practitioner": context.get("userId"),
+        data = [value for value in request.prefetch.values() if value is not None]
+    else:
+        check_draft_subjects(request.subject, request.drafts, [data, request.draft_bundle])
+    shared = list(data) + request.drafts
+    common = {"subject": request.subject, "data": shared, "encounter": request.encounter, "practitioner": request.practitioner,
               "max_resources": max_resources, "deadline": deadline}
+    if isinstance(plan, CompiledPlan):
+        plans = [plan]
+    else:
+        plans = [engine.plan(plan)] if plan else engine.plans_for_hook(request.hook)
     calls = []
-    plans = [engine.plan(plan)] if plan else engine.plans_for_hook(hook)
-    for plan in plans:
-        if hook in ORDER_HOOKS:
-            for order in reviewed_orders(hook, context):
-                calls.append(ApplyCall(plan.resource["id"], parameters={"draftOrder": order, "draftOrders": drafts}, **common))
+    for compiled in plans:
+        if request.hook in ORDER_HOOKS:
+            for order in request.reviewed:
+                calls.append(ApplyCall(compiled, parameters={"draftOrder": order, "draftOrders": request.drafts}, **common))
         else:
-            calls.append(ApplyCall(plan.resource["id"], **common))
+            calls.append(ApplyCall(compiled, **common))
     return calls
 
 
@@ -122,8 +166,10 @@ def calls_for_bundle(engine: Engine, bundle: Mapping[str, Any], plan: str | None
         triggered = engine.plans_for_hook("patient-view")
         if not triggered:
             raise ApplyError("no PlanDefinition is triggered by patient-view: name one with --plan")
-        plan = triggered[0].resource["id"]
-    return [ApplyCall(plan, f"Patient/{patients[0]['id']}", [bundle])]
+        compiled = triggered[0]
+    else:
+        compiled = engine.plan(plan)
+    return [ApplyCall(compiled, f"Patient/{patients[0]['id']}", [bundle])]
 
 
 def is_hook_request(data: Any) -> bool:
@@ -131,8 +177,18 @@ def is_hook_request(data: Any) -> bool:
     return isinstance(data, Mapping) and "hook" in data and "context" in data
 
 
-def run_calls(engine: Engine, calls: Iterable[ApplyCall], now: Any) -> list[Any]:
-    """Apply each call; the results in call order (TooMuchData or ApplyTimeout from any call stops them all)."""
-    return [engine.apply(c.plan, c.data, now, c.subject, encounter=c.encounter, practitioner=c.practitioner, parameters=c.parameters,
-                         max_resources=c.max_resources, deadline=c.deadline)
-            for c in calls]
+def run_calls(engine: Engine, calls: Iterable[ApplyCall], now: Any) -> list[ApplyResult]:
+    """Apply each call; the results in call order (TooMuchData or ApplyTimeout from any call stops them all).
+
+    Calls that share their data list and subject (those of one request) share one Record, indexed once.
+    """
+    records: dict[tuple[int, str], Record] = {}
+    results = []
+    for c in calls:
+        key = (id(c.data), c.subject)
+        record = records.get(key)
+        if record is None:
+            record = records[key] = engine.record(c.data, now, c.subject, max_resources=c.max_resources)
+        results.append(engine.apply(c.compiled, c.data, now, c.subject, encounter=c.encounter, practitioner=c.practitioner,
+                                    parameters=c.parameters, max_resources=c.max_resources, deadline=c.deadline, record=record))
+    return results

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from service.cds_hooks.calls import bundle_resources, calls_for_hook, check_draft_subjects, run_calls
+from service.cds_hooks.calls import calls_for_hook, hook_context, run_calls
 from service.cds_hooks.cards import CardBuilder, override_reason_codes, response
 from protocol.engine.apply import ApplyError, ApplyTimeout, Deadline, TooMuchData
 from service.errors import BadRequest, NotFound, ServiceError
@@ -93,17 +93,16 @@ def call_service(service_id: str) -> Response:
     check_hook_request(body, service.hook)
     body = normalise_request(body)
     g.hook, g.hook_instance = body["hook"], body["hookInstance"]
-    drafts = bundle_resources(body["context"].get("draftOrders"))
-    try:  # before any FHIR server is read: a draft for another patient is the client's mistake
-        check_draft_subjects(body["context"]["patientId"], drafts, [body.get("prefetch"), body["context"].get("draftOrders")])
+    try:  # the drafts are read once, and before any FHIR server is: a draft for another patient is the client's mistake
+        context = hook_context(body)
     except ApplyError as exc:
         raise BadRequest(f"the request cannot be applied: {exc}") from None
     acting, refused = _fhir_server(body)
-    data, report = gather(service.prefetch, acting, state.settings, started, state.http, drafts, server_refused=refused)
+    data, report = gather(service.prefetch, acting, state.settings, started, state.http, context.drafts, server_refused=refused)
     g.prefetch = report
     fetched = time.monotonic()
     try:
-        calls = calls_for_hook(state.engine, body, plan=service.plan.resource["id"], data=data,
+        calls = calls_for_hook(state.engine, context, plan=service.plan, data=data,
                                max_resources=state.settings.max_resources, deadline=Deadline.after(state.settings.apply_time_limit))
         results = run_calls(state.engine, calls, state.clock())
     except ApplyError as exc:
