@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ class ConfigError(ValueError):
 class Settings:
     """Everything the service can be told."""
 
-    content_dir: str | None = None            #: protocol content folder (default: the packaged protocol)
+    content_dir: str | None = None            #: one protocol content folder (content_dirs for several)
+    content_dirs: list[str] = field(default_factory=list)  #: protocol content folders, the first the default (default: every folder of protocol/content/ with a publication.json)
     database: str = "back-spasm-cds.sqlite"   #: issued cards, feedback, token ids: SQLite file (path or sqlite:///path, created 0600) or postgresql:// URL
     retention_days: int = 90                  #: days issued cards and feedback are kept before they are deleted (0: for ever)
     request_budget: float = 3.0               #: seconds a hook call may spend fetching missing prefetch
@@ -122,6 +124,19 @@ class Settings:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"timezone: {exc}") from exc
 
+    def content_folders(self) -> list[str] | None:
+        """The protocol folders to serve: ``content_dirs`` or ``content_dir``, whichever the later source set (``content_dirs``
+        on a tie); None for every protocol folder shipped with the package."""
+        ranks = ["built-in default", "the address served (default)", "the file", "the environment", "the command line"]
+
+        def rank(name: str) -> int:
+            source = self.sources.get(name, "built-in default")
+            return max(i for i, start in enumerate(ranks) if source.startswith(start) or i == 0)
+
+        if self.content_dirs and (self.content_dir is None or rank("content_dirs") >= rank("content_dir")):
+            return list(self.content_dirs)
+        return [self.content_dir] if self.content_dir else None
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("sources", None)
@@ -159,7 +174,8 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected true or false")
     try:
         if "list" in text:
-            return [item.strip() for item in raw.split(",") if item.strip()]
+            separators = f"[,{re.escape(os.pathsep)}]" if name == "content_dirs" else ","  # folders: also the PATH separator
+            return [item.strip() for item in re.split(separators, raw) if item.strip()]
         if "float" in text:
             return float(raw)
         if "int" in text:

@@ -34,6 +34,7 @@ from protocol.engine.fhirpath import (CompiledExpression, EvaluationContext, Eva
                                default_evaluator, time_zone)
 from protocol.engine.jsondata import copy_json
 from protocol.engine.logic import STANDARD_VARIABLES, variables_of
+from protocol.engine.parameters import ApplyParameters, ParameterValue
 from protocol.engine.paths import PathError, PathPlan, plan_path
 from protocol.engine.record import Record, RecordTooLarge
 
@@ -275,6 +276,19 @@ class Session:
                                          expired=deadline.passed if deadline is not None else None)
         self._nodes: dict[int, Any] = {}
 
+    def parameter_items(self, value: Any) -> list:
+        """An input's FHIRPath items, in order: a resource as a node, a ParameterValue as its typed value (or its parts)."""
+        items = value if isinstance(value, list) else ([] if value is None else [value])
+        out: list = []
+        for item in items:
+            if isinstance(item, ParameterValue):
+                holder = self.node({"resourceType": "Parameters", "parameter": [item.entry]})
+                path = self.engine._value_path if item.is_value else self.engine._entry_path
+                out.extend(path({}, self.context, [holder]))
+            elif isinstance(item, Mapping):
+                out.append(self.node(item))
+        return out
+
     def check_deadline(self) -> None:
         """Stop the call (EvaluationTimeout, which the FHIRPath evaluators let through) once its deadline has passed."""
         if self.deadline is not None and self.deadline.passed():
@@ -327,6 +341,7 @@ class ApplyResult:
     actions: list[AppliedAction]
     issues: list[Issue]
     ignored_resources: int = 0
+    language: str | None = None
 
 
 # ---------------------------------------------------------------------------------- the engine
@@ -346,6 +361,8 @@ class Engine:
         self._libraries: dict[str, CompiledLibrary] = {}
         self._activities: dict[str, CompiledActivity] = {}
         self.plans: dict[str, CompiledPlan] = {}
+        self._value_path = self.evaluator.compile("parameter.value")
+        self._entry_path = self.evaluator.compile("parameter")
         for resource in content.of_type("PlanDefinition"):
             self.plans[resource["id"]] = self._compile_plan(resource)
         for resource in content.of_type("ActivityDefinition"):
@@ -472,7 +489,8 @@ class Engine:
 
     def _session(self, data: Any, now: datetime, subject: str, encounter: str | None, practitioner: str | None,
                  parameters: Mapping[str, Any] | None, timezone: str | tzinfo | None = None, max_resources: int | None = None,
-                 deadline: Deadline | None = None, record: Record | None = None) -> tuple[Session, Scope, RequestContext]:
+                 deadline: Deadline | None = None, record: Record | None = None,
+                 organization: str | None = None) -> tuple[Session, Scope, RequestContext]:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ApplyError("the clock must be timezone-aware")
         zone = self.timezone if timezone is None else time_zone(timezone)
@@ -499,8 +517,14 @@ class Engine:
         practitioner_ref = practitioner if practitioner and "/" in practitioner else (f"Practitioner/{practitioner}" if practitioner else None)
         found = record.get(practitioner_ref) if practitioner_ref else None
         root.define_value("practitioner", [session.node(found)] if found else [])
-        for name in ("organization", "rootResource", "resource", "context"):
+        organization_ref = (organization if "/" in organization else f"Organization/{organization}") if organization else None
+        found = record.get(organization_ref) if organization_ref else None
+        root.define_value("organization", [session.node(found)] if found else [])
+        for name in ("rootResource", "resource", "context"):
             root.define_value(name, [])
+        for name, value in (parameters or {}).items():
+            if name not in root.values:
+                root.define_value(name, session.parameter_items(value))
         context = RequestContext(subject_ref, encounter_ref, practitioner_ref, _instant(now))
         return session, root, context
 
@@ -510,7 +534,7 @@ class Engine:
         for name in library.parameters:
             value = (parameters or {}).get(name)
             items = value if isinstance(value, list) else ([] if value is None else [value])
-            scope.define_value(name, [session.node(v) for v in items if isinstance(v, Mapping)])
+            scope.define_value(name, session.parameter_items(items))
         for name, requirement in library.data.items():
             scope.define_retrieve(name, requirement)
         for name, compiled in library.variables:
@@ -532,7 +556,7 @@ class Engine:
         plan = plan_reference if isinstance(plan_reference, CompiledPlan) else self.plan(plan_reference)
         try:
             session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone,
-                                                   max_resources, deadline, record)
+                                                   max_resources, deadline, record, organization)
             for library in plan.libraries:
                 self._define_library(root, library, parameters)
             root.define_value("context", [session.node(plan.resource)])
@@ -547,7 +571,7 @@ class Engine:
                            session.record.ignored)
 
     def apply_activity(self, activity_reference: str, data: Any, now: datetime, subject: str, *, encounter: str | None = None,
-                       practitioner: str | None = None, parameters: Mapping[str, Any] | None = None,
+                       practitioner: str | None = None, organization: str | None = None, parameters: Mapping[str, Any] | None = None,
                        timezone: str | tzinfo | None = None, max_resources: int | None = None,
                        deadline: Deadline | None = None) -> tuple[Json | None, list[Issue]]:
         """ActivityDefinition/$apply: the request resource of the definition's kind, dynamicValues applied.
@@ -557,13 +581,52 @@ class Engine:
         activity = self.activity(activity_reference)
         try:
             session, root, request = self._session(data, now, subject, encounter, practitioner, parameters, timezone,
-                                                   max_resources, deadline)
+                                                   max_resources, deadline, organization=organization)
             for library in activity.libraries:
                 self._define_library(root, library, parameters)
             resource = self._make_request(activity, root.child(), request, [], [], "ActivityDefinition/$apply")
         except EvaluationTimeout:
             raise ApplyTimeout() from None
         return resource, session.issues
+
+    # -- every input of the operation ------------------------------------------------------------------
+    def taken_names(self, artifact: CompiledPlan | CompiledActivity) -> set[str]:
+        """The %names an artifact's expressions already use: the standard ones, its libraries' variables and data
+        requirements, and (a plan) its own and its actions' variables and inputs. A Library parameter is not taken:
+        an input of that name is what binds it."""
+        names = set(STANDARD_VARIABLES)
+        for library in artifact.libraries:
+            names |= {name for name, _ in library.variables} | set(library.data)
+        if isinstance(artifact, CompiledPlan):
+            names |= {name for name, _ in artifact.variables}
+            actions = list(artifact.actions)
+            while actions:
+                action = actions.pop()
+                names |= {name for name, _ in action.variables} | set(action.inputs)
+                actions.extend(action.children)
+        return names
+
+    def apply_parameters(self, plan_reference: str, inputs: ApplyParameters, now: datetime, **bounds: Any) -> ApplyResult:
+        """PlanDefinition/$apply with every input of the operation (see ``protocol.engine.parameters``).
+
+        The record is read from ``data`` or the prefetch Bundles; each entry of ``parameters`` and each user or setting
+        input is visible to the expressions as %name (ParameterError when the name is already taken); userLanguage
+        gives the output its language. ``bounds``: ``timezone``, ``max_resources``, ``deadline`` as for ``apply``.
+        """
+        inputs.check_names(self.taken_names(self.plan(plan_reference)))
+        result = self.apply(plan_reference, inputs.records(), now, inputs.subject, encounter=inputs.encounter,
+                            practitioner=inputs.practitioner, organization=inputs.organization,
+                            parameters={**inputs.context_inputs(), **inputs.named_inputs()}, **bounds)
+        result.language = inputs.language_code()
+        return result
+
+    def apply_activity_parameters(self, activity_reference: str, inputs: ApplyParameters, now: datetime,
+                                  **bounds: Any) -> tuple[Json | None, list[Issue]]:
+        """ActivityDefinition/$apply with every input of the operation, as ``apply_parameters`` (the request carries no language)."""
+        inputs.check_names(self.taken_names(self.activity(activity_reference)))
+        return self.apply_activity(activity_reference, inputs.records(), now, inputs.subject, encounter=inputs.encounter,
+                                   practitioner=inputs.practitioner, organization=inputs.organization,
+                                   parameters={**inputs.context_inputs(), **inputs.named_inputs()}, **bounds)
 
     # -- actions ----------------------------------------------------------------------------------------
     def _apply_actions(self, actions: Sequence[CompiledAction], scope: Scope, request: RequestContext, first_match: bool) -> list[AppliedAction]:
