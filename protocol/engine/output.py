@@ -7,6 +7,12 @@ first entry and the requests follow it as entries referenced by ``urn:uuid``.
 A RequestGroup action must have a resource or sub-actions (invariant rqg-1). An applied action that has
 neither, because it only informs (a safety finding, a piece of guidance), is given a CommunicationRequest
 that carries its text, the way the CPG "communicate" activities do.
+
+The $apply inputs that name the context are reflected as the reference implementation (cqframework
+clinical-reasoning, ResponseBuilder) reflects them: ``encounter`` on the CarePlan, the RequestGroup and the
+requests; the author (``practitioner``, else ``organization``) as the CarePlan's author (R5: custodian) and,
+when it is a Practitioner, PractitionerRole or Device (the only authors R4 and R5 allow there), the
+RequestGroup's; ``userLanguage`` as the ``language`` of the CarePlan and the RequestGroup.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from protocol.engine.jsondata import copy_json
 Json = dict[str, Any]
 CQF_MESSAGES = "http://hl7.org/fhir/StructureDefinition/cqf-messages"
 CPG_CAREPLAN = "http://hl7.org/fhir/uv/cpg/StructureDefinition/cpg-careplan"
+#: The types RequestGroup.author (R4) and RequestOrchestration.author (R5) may reference.
+REQUEST_AUTHORS = frozenset({"Practitioner", "PractitionerRole", "Device"})
 
 
 class _Contained:
@@ -96,18 +104,26 @@ def _request(result: ApplyResult, resource_type: str, rid: str, actions: list[Js
         "subject": {"reference": result.subject},
         "authoredOn": _instant(result.now),
     }
-    _context(group, result, "author")
+    _context(group, result, "author", REQUEST_AUTHORS)
     if actions:
         group["action"] = actions
     return group
 
 
-def _context(resource: Json, result: ApplyResult, author_element: str) -> None:
-    """Encounter and author references, when the call named them."""
+def _context(resource: Json, result: ApplyResult, author_element: str, author_types: frozenset[str] | None = None) -> None:
+    """Language, encounter and author, when the call gave them; the author only if of one of ``author_types`` (if given)."""
+    if result.language:
+        resource["language"] = result.language
     if result.encounter:
         resource["encounter"] = {"reference": result.encounter}
-    if result.author:
+    if result.author and (author_types is None or _reference_type(result.author) in author_types):
         resource[author_element] = {"reference": result.author}
+
+
+def _reference_type(reference: str) -> str | None:
+    """The resource type a relative or absolute reference names (``Organization/1`` -> Organization)."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def careplan_r4(result: ApplyResult, id_factory: Callable[[], str] = new_id) -> Json:
