@@ -548,6 +548,48 @@ def cmd_republish(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the feedback report (index.html, the figures as CSV, each chart as SVG) into the --out folder.
+
+    The database is the service's ``database`` setting (configuration file, environment) unless --database names
+    one; the content is --content, else the ``content_dir`` setting, else the checkout's or the installed copy.
+    """
+    from service.cds_hooks.feedback import FeedbackStore
+    from service.config import ConfigError, Settings, database_kind
+    from service.report.figures import read_figures
+    from service.report.writer import write_report
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file; give a folder (index.html and the CSV files are written into it)")
+    try:
+        settings = Settings.load(overrides={"database": args.database} if args.database else {})
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    database = settings.database
+    if database_kind(database) == "sqlite" and not Path(database.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"the database {database} does not exist (from {settings.sources['database']}); "
+                         "name the service's with --database or BACK_SPASM_CDS_DATABASE")
+    if args.content is None and settings.content_dir:
+        print(f"content: {settings.content_dir} (from {settings.sources['content_dir']})", file=sys.stderr)
+        content = load_content(Path(settings.content_dir))
+    else:
+        content = read_content(args)
+    print(f"database: {without_password(database)} (from {settings.sources['database']})", file=sys.stderr)
+    figures = read_figures(FeedbackStore(database), content)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = write_report(args.out, figures, content)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: the report cannot be written there ({exc.strerror or exc})") from exc
+    total = figures.total
+    print(f"wrote {len(written)} files to {args.out}: {total.issued} cards issued, {total.accepted} accepted, "
+          f"{total.overridden} overridden, {total.ignored} ignored")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- the parser
 
 
@@ -625,6 +667,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "Run the CDS Hooks service under gunicorn. Prints where its settings came from, then, once the port is "
               "bound, the addresses of the hooks, the protocol page and the health checks. On a loopback address it "
               "runs in development mode unless the configuration says otherwise."),
+    "report": ("write the feedback report (HTML with charts, and CSV) from the stored cards and feedback",
+               "Read the cards the service issued and the feedback clinicians sent about them, and write into the --out "
+               "folder index.html (per recommendation and safety rule: cards issued, accepted, overridden and ignored; "
+               "override reasons; cards per week of issue, with charts) and the same figures as CSV files. Counts and "
+               "codes only: the database keeps nothing about patients."),
     "republish": ("rewrite the artifacts under publication.json's canonical base and version",
                   "After publication.json was changed: rewrite every artifact of the content folder under its canonical "
                   "base, version, status, date and publisher (urls, canonical references, code systems and FHIRPath "
@@ -681,6 +728,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IANA time zone in which dates without a time are read (overrides the timezone setting; default UTC)")
 
     command("republish", cmd_republish)
+
+    p = command("report", cmd_report)
+    p.add_argument("--out", type=Path, required=True, metavar="FOLDER", help="output folder, created if missing")
+    p.add_argument("--database", default=None, metavar="DATABASE",
+                   help="the service's database: SQLite file or postgresql:// URL (default: the database setting)")
     return parser
 
 
