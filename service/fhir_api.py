@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -33,6 +34,7 @@ from werkzeug.datastructures import MultiDict
 from protocol.engine.content import TYPE_ORDER
 from protocol.engine.apply import ApplyError, Deadline
 from protocol.engine.output import bundle_r5, careplan_r4
+from protocol.engine.parameters import ApplyParameters, ParameterError, PrefetchData
 from protocol.engine.requirements import module_definition, package_bundle
 from service.errors import BadRequest, NotFound, ServiceError
 from service.cds_hooks.hook_request import read_json_body
@@ -341,32 +343,60 @@ SEARCH_DOCUMENTATION = (
     "(Prefer: handling=lenient skips unknown parameters; the self link shows what was applied).")
 
 
+OPERATIONS_DIR = Path(__file__).parent / "operations"
+
+
+@cache
+def operation_definitions() -> dict[str, dict[str, Any]]:
+    """The OperationDefinitions of the operations served here, by id (``service/operations/*.json``), without their url."""
+    found = {}
+    for path in sorted(OPERATIONS_DIR.glob("OperationDefinition-*.json")):
+        resource = orjson.loads(path.read_bytes())
+        found[resource["id"]] = resource
+    return found
+
+
+def _operation_definition(oid: str) -> dict[str, Any]:
+    """One OperationDefinition as served: its url is its address on this endpoint."""
+    return {**operation_definitions()[oid], "url": f"{_base()}/OperationDefinition/{oid}"}
+
+
+@bp.get("/OperationDefinition/<oid>")
+def read_operation_definition(oid: str) -> Response:
+    """The definition of one operation of this endpoint, as the CapabilityStatement names it."""
+    _only(request.args, [], "read")
+    if oid not in operation_definitions():
+        raise NotFound(f"OperationDefinition/{oid} is not known (see /fhir/metadata)")
+    return fhir(_operation_definition(oid))
+
+
 def _operations(rtype: str) -> list[dict[str, str]]:
     """The operations of a resource type, as the CapabilityStatement lists them, with how they may be called."""
-    apply_doc = ("POST a Parameters body (subject, encounter, practitioner, organization; data: a Bundle of the patient's "
-                 "record; parameters: a Parameters resource of named inputs such as draftOrders), or GET with the primitive "
-                 "parameters in the URL, which applies the plan to an empty record. On the type, url and version name the "
-                 "definition. userType, userLanguage, userTaskContext, setting, settingContext and useServerData are "
-                 "accepted and not used; any other parameter is a 400.")
+    apply_doc = ("POST a Parameters body (subject, encounter, practitioner, organization; userType, userLanguage, "
+                 "userTaskContext, setting, settingContext; data, a Bundle of the patient's record, or prefetchData; "
+                 "parameters, a Parameters resource of named inputs such as draftOrders; useServerData=false), or GET with "
+                 "the primitive parameters in the URL, which applies the plan to an empty record. On the type, url and "
+                 "version name the definition. Any other parameter, and a parameter of the wrong type, is a 400 naming it; "
+                 "the OperationDefinition says what each does.")
     requirements_doc = ("GET or POST, on one artifact, no parameters: a module-definition Library of every data requirement "
                         "(code filters by ValueSet, date filters) and of every artifact and code system it depends on; the "
                         "CDS Hooks prefetch templates are made from the same requirements.")
     operations = {
-        "PlanDefinition": [("apply", "http://hl7.org/fhir/OperationDefinition/PlanDefinition-apply", apply_doc),
-                           ("r5.apply", "http://hl7.org/fhir/uv/cpg/OperationDefinition/cpg-plandefinition-apply",
-                            apply_doc + " The answer is a Parameters whose return is the R5 Bundle."),
-                           ("data-requirements", "http://hl7.org/fhir/OperationDefinition/PlanDefinition-data-requirements", requirements_doc),
-                           ("package", "http://hl7.org/fhir/uv/crmi/OperationDefinition/crmi-package",
+        "PlanDefinition": [("apply", "PlanDefinition-apply", apply_doc),
+                           ("r5.apply", "PlanDefinition-r5-apply", apply_doc + " The answer is a Parameters whose return is the R5 Bundle."),
+                           ("data-requirements", "data-requirements", requirements_doc),
+                           ("package", "PlanDefinition-package",
                             "GET or POST, on one PlanDefinition, no parameters: a collection Bundle of the plan and every "
                             "artifact it depends on, each once (ValueSets with their expansions).")],
-        "Library": [("data-requirements", "http://hl7.org/fhir/OperationDefinition/Library-data-requirements", requirements_doc)],
-        "ActivityDefinition": [("apply", "http://hl7.org/fhir/OperationDefinition/ActivityDefinition-apply", apply_doc)],
-        "ValueSet": [("expand", "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+        "Library": [("data-requirements", "data-requirements", requirements_doc)],
+        "ActivityDefinition": [("apply", "ActivityDefinition-apply", apply_doc)],
+        "ValueSet": [("expand", "ValueSet-expand",
                       ("GET or POST, from the shipped expansion: ValueSet/{id}/$expand, or ValueSet/$expand with url "
                        "(and valueSetVersion); filter (code or display contains it, ignoring case), offset and count "
                        "page through it. Any other parameter is a 400."))],
     }
-    return [{"name": name, "definition": definition, "documentation": doc} for name, definition, doc in operations.get(rtype, [])]
+    return [{"name": name, "definition": f"{_base()}/OperationDefinition/{oid}", "documentation": doc}
+            for name, oid, doc in operations.get(rtype, [])]
 
 
 @bp.get("/metadata")
@@ -473,21 +503,23 @@ def _searchset(rtype: str, matches: list[dict[str, Any]], asked: SearchRequest) 
 @dataclass(frozen=True)
 class Operation:
     """The parameters an operation takes: primitive ones (in a POST body or in the URL, so that a GET can carry them),
-    resources (in a POST body only), and those it defines that are accepted and not used."""
+    resources, and complex values (a data type, or parts) by their kind (in a POST body only)."""
 
     name: str
     primitive: tuple[str, ...]
     resources: tuple[str, ...] = ()
-    unused: tuple[str, ...] = ()
+    complex: tuple[tuple[str, str], ...] = ()
 
 
-#: $apply's inputs describing the user and setting: they change nothing in what this protocol recommends.
-APPLY_CONTEXT = ("userType", "userLanguage", "userTaskContext", "setting", "settingContext", "useServerData")
-APPLY_SUBJECT = ("subject", "encounter", "practitioner", "organization")
-PLAN_APPLY = Operation("$apply", APPLY_SUBJECT, ("data", "parameters"), APPLY_CONTEXT)
-PLAN_APPLY_BY_URL = Operation("$apply", ("url", "version", *APPLY_SUBJECT), ("data", "parameters"), APPLY_CONTEXT)
-PLAN_R5_APPLY = Operation("$r5.apply", PLAN_APPLY.primitive, PLAN_APPLY.resources, APPLY_CONTEXT)
-PLAN_R5_APPLY_BY_URL = Operation("$r5.apply", PLAN_APPLY_BY_URL.primitive, PLAN_APPLY.resources, APPLY_CONTEXT)
+#: $apply's primitive inputs (the CPG operation's, less the endpoints), its resources, and its complex inputs by kind.
+APPLY_PRIMITIVE = ("subject", "encounter", "practitioner", "organization", "useServerData")
+APPLY_RESOURCES = ("data", "parameters")
+APPLY_COMPLEX = (("userType", "CodeableConcept"), ("userLanguage", "CodeableConcept"), ("userTaskContext", "CodeableConcept"),
+                 ("setting", "CodeableConcept"), ("settingContext", "CodeableConcept"), ("prefetchData", "list of parts"))
+PLAN_APPLY = Operation("$apply", APPLY_PRIMITIVE, APPLY_RESOURCES, APPLY_COMPLEX)
+PLAN_APPLY_BY_URL = Operation("$apply", ("url", "version", *APPLY_PRIMITIVE), APPLY_RESOURCES, APPLY_COMPLEX)
+PLAN_R5_APPLY = Operation("$r5.apply", PLAN_APPLY.primitive, APPLY_RESOURCES, APPLY_COMPLEX)
+PLAN_R5_APPLY_BY_URL = Operation("$r5.apply", PLAN_APPLY_BY_URL.primitive, APPLY_RESOURCES, APPLY_COMPLEX)
 DATA_REQUIREMENTS = Operation("$data-requirements", ())
 PACKAGE = Operation("$package", ())
 EXPAND = Operation("$expand", ("filter", "offset", "count"))
@@ -497,19 +529,22 @@ EXPAND_BY_URL = Operation("$expand", ("url", "valueSetVersion", "filter", "offse
 def _operation_parameters(operation: Operation) -> dict[str, list[Any]]:
     """The parameters of an operation call: a POST's Parameters body, and the URL's parameters (all of a GET's).
 
-    A resource parameter in the URL (it cannot be written there), and a parameter the operation does not take, is a
-    400 naming it: an answer that silently left out part of the question would be wrong.
+    A resource or complex parameter in the URL (it cannot be written there), and a parameter the operation does not
+    take, is a 400 naming it: an answer that silently left out part of the question would be wrong.
     """
     parameters = _parameters() if request.method == "POST" else {}
     in_url = {k for k in request.args if k not in FORMAT_PARAMETERS}
-    misplaced = sorted(in_url & set(operation.resources))
+    kinds = {**{name: "resource" for name in operation.resources}, **dict(operation.complex)}
+    misplaced = sorted(in_url & set(kinds))
     if misplaced:
-        raise BadRequest(f"parameter {misplaced[0]} of {operation.name} is a resource, which a URL cannot carry: "
+        kind = kinds[misplaced[0]]
+        raise BadRequest(f"parameter {misplaced[0]} of {operation.name} is a {kind}, which a URL cannot carry: "
                          "send it in a Parameters body with POST")
-    unknown = sorted((in_url | set(parameters)) - {*operation.primitive, *operation.resources, *operation.unused})
+    names = [*operation.primitive, *operation.resources, *(name for name, _ in operation.complex)]
+    unknown = sorted((in_url | set(parameters)) - set(names))
     if unknown:
         raise BadRequest(f"unsupported parameter(s) of {operation.name}: {', '.join(unknown)}",
-                         details=[f"supported: {', '.join(operation.primitive + operation.resources)}"])
+                         details=[f"supported: {', '.join(names)}"])
     return parameters
 
 
@@ -618,25 +653,68 @@ def _resource(parameters: dict[str, list[Any]], name: str, rtype: str) -> dict[s
     return value
 
 
-def _apply_inputs(parameters: dict[str, list[Any]]) -> dict[str, Any]:
+def _concept(parameters: dict[str, list[Any]], name: str) -> dict[str, Any] | None:
+    """A parameter whose value is a valueCodeableConcept (its content is checked by ApplyParameters)."""
+    value = _one(parameters, name)
+    if value is None:
+        return None
+    if isinstance(value, Value) and value.type_name == "CodeableConcept" and isinstance(value.value, dict):
+        return value.value
+    raise BadRequest(f"parameter {name} must be a CodeableConcept (valueCodeableConcept)")
+
+
+def _boolean(parameters: dict[str, list[Any]], name: str) -> bool | None:
+    """A parameter whose value is a valueBoolean, or true or false in the query string."""
+    value = _one(parameters, name)
+    if value is None:
+        return None
+    if isinstance(value, Value) and value.type_name == "Boolean" and isinstance(value.value, bool):
+        return value.value
+    if value in ("true", "false"):
+        return value == "true"
+    raise BadRequest(f"parameter {name} must be a boolean (true or false)")
+
+
+PREFETCH_PARTS = ("key", "descriptor", "data")
+
+
+def _prefetch_data(parameters: dict[str, list[Any]]) -> tuple[PrefetchData, ...]:
+    """Each prefetchData parameter: its parts key (valueString), descriptor (valueDataRequirement) and data (a Bundle)."""
+    items = []
+    for i, value in enumerate(parameters.get("prefetchData") or []):
+        where = f"parameter prefetchData[{i}]"
+        if not isinstance(value, dict) or isinstance(value.get("resourceType"), str):
+            raise BadRequest(f"{where} must have the parts key, descriptor and data (not a value or a resource)")
+        unknown = sorted(set(value) - set(PREFETCH_PARTS))
+        if unknown:
+            raise BadRequest(f"{where}: unknown part(s) {', '.join(unknown)}", details=[f"its parts: {', '.join(PREFETCH_PARTS)}"])
+        key, descriptor, data = (value.get(part) for part in PREFETCH_PARTS)
+        if key is not None and not (isinstance(key, Value) and key.type_name == "String" and isinstance(key.value, str) and key.value):
+            raise BadRequest(f"{where}: key must be a valueString")
+        if descriptor is not None and not (isinstance(descriptor, Value) and descriptor.type_name == "DataRequirement"):
+            raise BadRequest(f"{where}: descriptor must be a valueDataRequirement")
+        if data is not None and not (isinstance(data, dict) and data.get("resourceType") == "Bundle"):
+            raise BadRequest(f"{where}: data must be a Bundle resource")
+        items.append(PrefetchData(key.value if key is not None else None, descriptor.value if descriptor is not None else None, data))
+    return tuple(items)
+
+
+def from_operation(parameters: dict[str, list[Any]]) -> ApplyParameters:
+    """The inputs of an $apply call (its Parameters body and URL parameters, as ``_operation_parameters`` reads them),
+    checked; a 400 names the first input of the wrong type or that cannot be taken."""
     subject = _reference(parameters, "subject")
     if subject is None:
         raise BadRequest("subject is required (for example Patient/123)")
-    data = _resource(parameters, "data", "Bundle")
-    inner = _resource(parameters, "parameters", "Parameters")
-    extra: dict[str, Any] = {}
-    entries = (inner or {}).get("parameter") or []
-    if not isinstance(entries, list):
-        raise BadRequest("parameters: Parameters.parameter must be an array")
-    for parameter in entries:
-        if isinstance(parameter, dict) and isinstance(parameter.get("name"), str) and isinstance(parameter.get("resource"), dict):
-            if parameter["name"] == "draftOrders":
-                extra.setdefault("draftOrders", []).append(parameter["resource"])
-            else:
-                extra[parameter["name"]] = parameter["resource"]
-    return {"subject": subject, "data": [data] if data else [], "encounter": _reference(parameters, "encounter"),
-            "practitioner": _reference(parameters, "practitioner"), "organization": _reference(parameters, "organization"),
-            "parameters": extra}
+    try:
+        return ApplyParameters(
+            subject=subject, encounter=_reference(parameters, "encounter"), practitioner=_reference(parameters, "practitioner"),
+            organization=_reference(parameters, "organization"), user_type=_concept(parameters, "userType"),
+            user_language=_concept(parameters, "userLanguage"), user_task_context=_concept(parameters, "userTaskContext"),
+            setting=_concept(parameters, "setting"), setting_context=_concept(parameters, "settingContext"),
+            parameters=_resource(parameters, "parameters", "Parameters"), data=_resource(parameters, "data", "Bundle"),
+            prefetch_data=_prefetch_data(parameters), use_server_data=_boolean(parameters, "useServerData"))
+    except ParameterError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _plan_reference(rid: str | None, parameters: dict[str, Any]) -> str:
@@ -664,11 +742,11 @@ def _apply(rid: str | None, r5: bool, operation: Operation) -> Response:
     """PlanDefinition $apply or $r5.apply, by id or by url: the CarePlan, or a Parameters returning the R5 Bundle."""
     parameters = _operation_parameters(operation)
     reference = _plan_reference(rid, parameters)
-    inputs = _apply_inputs(parameters)
+    inputs = from_operation(parameters)
     try:
-        result = _state().engine.apply(reference, inputs["data"], _now(), inputs["subject"], encounter=inputs["encounter"],
-                                       practitioner=inputs["practitioner"], organization=inputs["organization"], parameters=inputs["parameters"],
-                                       **_bounds())
+        result = _state().engine.apply_parameters(reference, inputs, _now(), **_bounds())
+    except ParameterError as exc:
+        raise BadRequest(str(exc)) from None
     except ApplyError as exc:
         raise bounded_work_error(exc, _state().settings) or BadRequest(str(exc)) from None
     if r5:
@@ -704,10 +782,11 @@ def apply_r5_type() -> Response:
 def apply_activity(rid: str) -> Response:
     """ActivityDefinition/$apply: the request resource."""
     _artifact("ActivityDefinition", rid)
-    inputs = _apply_inputs(_operation_parameters(PLAN_APPLY))
+    inputs = from_operation(_operation_parameters(PLAN_APPLY))
     try:
-        resource, issues = _state().engine.apply_activity(rid, inputs["data"], _now(), inputs["subject"], encounter=inputs["encounter"],
-                                                          practitioner=inputs["practitioner"], parameters=inputs["parameters"], **_bounds())
+        resource, issues = _state().engine.apply_activity_parameters(rid, inputs, _now(), **_bounds())
+    except ParameterError as exc:
+        raise BadRequest(str(exc)) from None
     except ApplyError as exc:
         raise bounded_work_error(exc, _state().settings) or BadRequest(str(exc)) from None
     if resource is None:
