@@ -273,28 +273,17 @@ def _project_context(fhirpath: Any) -> Any:
 
 
 def make_project_evaluate(engine: str | None = None, *, rerun: bool = True) -> Evaluate:
-    """An adapter over ``default_evaluator()``.
+    """An adapter over the project's one evaluator, ``default_evaluator()``.
 
-    ``engine`` sets BACK_SPASM_CDS_FHIRPATH while the evaluator is chosen (``native`` or ``fhirpathpy``).
-    ``rerun=False`` (native engine only) builds the native evaluator without its second evaluation by
-    fhirpathpy after an error; expressions it still hands to fhirpathpy as a whole at compile time are
-    collected in the adapter's ``delegated`` set.
+    ``engine`` may name it (``native``, the compiled evaluator the project has); the project has no other
+    engine since its FHIRPath package has one evaluator, so any other name is a ValueError.  ``rerun`` is
+    accepted and ignored: no evaluation is done a second time.  ``delegated`` stays empty: nothing is handed
+    over.  A case's ``base`` type path types its input (``QuestionnaireResponse.item``).
     """
     fhirpath = project_fhirpath()
-    if engine is None:
-        evaluator = fhirpath.default_evaluator()
-    else:
-        saved = os.environ.get(ENGINE_VARIABLE)
-        os.environ[ENGINE_VARIABLE] = engine
-        try:
-            evaluator = fhirpath.default_evaluator()
-        finally:
-            if saved is None:
-                del os.environ[ENGINE_VARIABLE]
-            else:
-                os.environ[ENGINE_VARIABLE] = saved
-    if not rerun:
-        evaluator = type(evaluator)(rerun=False)
+    if engine not in (None, "native"):
+        raise ValueError(f"the project has one FHIRPath evaluator, not {engine!r}: use --evaluator project")
+    evaluator = fhirpath.default_evaluator()
     delegated: set[str] = set()
 
     def plain(item: Any) -> Any:
@@ -319,6 +308,8 @@ def make_project_evaluate(engine: str | None = None, *, rerun: bool = True) -> E
     def evaluate(expression: str, resource: Any, env: dict, **options: Any) -> list:
         ctx = _project_context(fhirpath)
         focus = wrap(resource)
+        if options.get("base") and isinstance(resource, dict):
+            focus = fhirpath.Node(resource, options["base"])
         variables = {name: wrap(value) for name, value in env.items()}
         if options.get("context") is not None:
             found = evaluator.compile(options["context"])(dict(variables), ctx, focus)
