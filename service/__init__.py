@@ -16,7 +16,7 @@ import requests
 from flask import Flask
 from flask_cors import CORS
 
-from protocol.engine.content import load_content
+from protocol.engine.content import Content, load_contents
 from protocol.engine.apply import Engine
 from service.cds_hooks.auth import Authenticator, ReplayCache, TrustedClient, load_clients
 from service.config import Settings
@@ -40,14 +40,29 @@ class ServiceState:
     auth: Authenticator
 
 
-def _page_url(settings: Settings) -> Callable[[str], str]:
+def _page_url(settings: Settings, content: Content) -> Callable[[str], str]:
+    """The link of a card to its action on its protocol's page: ``/protocol`` for the default (first) protocol,
+    ``/protocol/{name}`` for the others."""
     from flask import request
+
+    pages: dict[str, str] = {}
+    for number, part in enumerate(content.protocols):
+        for plan in part.of_type("PlanDefinition"):
+            for action in _actions(plan.get("action")):
+                if isinstance(action.get("id"), str):
+                    pages.setdefault(action["id"], f"/protocol/{part.name}" if number else "/protocol")
 
     def page_url(anchor: str) -> str:
         base = settings.public_base_url or request.host_url
-        return f"{base.rstrip('/')}/protocol" + (f"#{anchor}" if anchor else "")
+        return f"{base.rstrip('/')}{pages.get(anchor, '/protocol')}" + (f"#{anchor}" if anchor else "")
 
     return page_url
+
+
+def _actions(actions: Any) -> list[dict[str, Any]]:
+    """Every action of a list of actions, nested ones included."""
+    found = [a for a in actions or [] if isinstance(a, dict)]
+    return found + [n for a in found for n in _actions(a.get("action"))]
 
 
 #: Browser origins a development server answers: the public CDS Hooks Sandbox, and a sandbox run on this machine.
@@ -78,7 +93,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """Build the application: content compiled at start, so the first request is not slow."""
     settings = settings or Settings.load()
     logs.configure(settings.log_level)
-    engine = engine or Engine(load_content(settings.content_dir), timezone=settings.timezone)
+    engine = engine or Engine(load_contents(settings.content_folders()), timezone=settings.timezone)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
@@ -89,7 +104,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     auth = Authenticator(trusted_clients(settings), production=settings.mode == "production",
                          allow_unauthenticated=settings.allow_unauthenticated, replay=ReplayCache(store.path), clock=clock, http=http)
     state = ServiceState(settings=settings, engine=engine, services=build_services(engine, settings.prefetch_url_limit),
-                         store=store, clock=clock, http=http, page_url=_page_url(settings), auth=auth)
+                         store=store, clock=clock, http=http, page_url=_page_url(settings, engine.content), auth=auth)
     app.extensions["back_spasm_cds"] = state
     CORS(app, resources={r"/cds-services*": {"origins": cors_origins(settings)}}, allow_headers=["Authorization", "Content-Type"],
          methods=["GET", "POST", "OPTIONS"], max_age=600, supports_credentials=False)
@@ -101,8 +116,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(health.bp)
     from service import page
     app.register_blueprint(page.bp)  # the public protocol page: / and /protocol
-    from service.report import endpoint as report
-    report.register(app)  # /report, only when the operator_token setting is given
     register_error_handlers(app)
     logs.install(app)
     return app

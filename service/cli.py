@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol.engine.content import CONTENT_DIR, Content, ContentError, ContentSource, load_content, locate_content
+from protocol.engine.content import (CONTENT_DIR, Content, ContentError, ContentSource, load_content, load_contents, locate_content,
+                                     protocol_folders)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -105,10 +106,19 @@ def placeholder_warning(content: Content) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Check every artifact; print the problems and exit 1 if there are any."""
+    """Check every artifact of every protocol folder (or of the --content folder); print the problems and exit 1 if
+    there are any."""
+    source = content_source(args)
+    folders = [source.directory] if args.content else protocol_folders(source.directory.parent) or [source.directory]
+    print(source.describe(), file=sys.stderr)
+    return max(_validate_folder(folder) for folder in folders)
+
+
+def _validate_folder(folder: Path) -> int:
+    """Validate one protocol folder: 0 when it has no problem, 1 otherwise."""
     from protocol.engine.validation import validate_content
 
-    content = read_content(args)
+    content = load_content(folder)
     problems = validate_content(content)
     warning = placeholder_warning(content)
     if warning:
@@ -373,16 +383,19 @@ def start_announcer(host: str, port: int) -> subprocess.Popen | None:
         return None
 
 
-def _content_origin(settings: Any, source: ContentSource) -> tuple[Path, str]:
-    """The folder the service will read and where that choice came from, for the start lines."""
-    origin = settings.sources.get("content_dir", "built-in default")
-    if settings.content_dir is None:  # the installed copy, which is the checkout's own in an editable install
-        return CONTENT_DIR, source.reason if source.directory == CONTENT_DIR else "the copy installed with the package"
+def _content_origin(settings: Any, source: ContentSource) -> tuple[list[Path], str]:
+    """The folders the service will read and where that choice came from, for the start lines."""
+    folders = settings.content_folders()
+    if folders is None:  # the installed copy, which is the checkout's own in an editable install
+        reason = source.reason if source.directory == CONTENT_DIR else "the copy installed with the package"
+        return protocol_folders() or [CONTENT_DIR], reason
+    setting = "content_dirs" if settings.content_dirs and folders == list(settings.content_dirs) else "content_dir"
+    origin = settings.sources.get(setting, "built-in default")
     if origin == "the command line":
-        return Path(settings.content_dir), "--content"
+        return [Path(f) for f in folders], "--content"
     if origin == "the address served (default)":
-        return Path(settings.content_dir), source.reason
-    return Path(settings.content_dir), origin
+        return [Path(f) for f in folders], source.reason
+    return [Path(f) for f in folders], origin
 
 
 def without_password(value: Any) -> Any:
@@ -418,6 +431,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     defaults: dict[str, Any] = {"mode": "development" if loopback or args.insecure else "production"}
     if source.directory != CONTENT_DIR:
         defaults["content_dir"] = str(source.directory)
+        if not args.content:  # the checkout: every protocol folder of it
+            defaults["content_dirs"] = [str(f) for f in protocol_folders(source.directory.parent)] or [str(source.directory)]
     try:
         settings = Settings.load(overrides=overrides, defaults=defaults)
     except ConfigError as exc:
@@ -435,8 +450,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: refusing development mode on {args.host} (mode from {settings.sources['mode']}); "
               "pass --insecure for a development server on this address", file=sys.stderr)
         return 2
-    folder, origin = _content_origin(settings, source)
-    load_content(folder)
+    folders, origin = _content_origin(settings, source)
+    load_contents(folders)
     check_port(args.host, args.port)
     if settings.mode == "development" and not loopback:
         print(f"warning: development mode on {args.host}: the public sandbox issuer is trusted and calls without a JWT are "
@@ -444,7 +459,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"starting the CDS Hooks service ({settings.mode} mode) on {args.host}:{args.port}", file=sys.stderr)
     for name in ("mode", "database", "trusted_clients"):
         print(f"  {name}: {without_password(getattr(settings, name)) or 'none'} (from {settings.sources[name]})", file=sys.stderr)
-    print(f"  content: {folder} (from {origin})", file=sys.stderr)
+    print(f"  content: {', '.join(map(str, folders))} (from {origin})", file=sys.stderr)
     announcer = start_announcer(args.host, args.port)
     try:
         run(args.host, args.port, settings)

@@ -188,7 +188,7 @@ def test_the_stylesheet_is_served_from_this_origin_with_a_hash_of_its_content(cl
 
 
 def test_the_page_is_rendered_once_at_start_and_revalidated_with_its_etag(app, client):
-    cached = app.extensions[PAGE_KEY]
+    cached = app.extensions[PAGE_KEY][""]
     assert cached.html.decode("utf-8") == render(app, state_of(app).engine.content)
     first = client.get("/protocol")
     assert first.headers["ETag"].strip('"') == cached.etag

@@ -51,9 +51,11 @@ ORDER_VALUES = {"patientInstruction": "Patient instruction", "status": "Sets sta
 class PageBuilder:
     """Builds the view model of the protocol page from one Content."""
 
-    def __init__(self, content: Content):
+    def __init__(self, content: Content, root: str = "", protocols: list[Link] | None = None):
         self.read = ProtocolReading(content)
         self.content = content
+        self.root = root                    #: prefix of the relative links to the service's other routes ("../" below /protocol/)
+        self.protocols = protocols or []    #: the protocols the service offers, when there are several
 
     # links and small pieces ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -61,11 +63,11 @@ class PageBuilder:
         """The page anchor of an artifact: ``Type-id``."""
         return f"{resource['resourceType']}-{resource.get('id', '')}"
 
-    @staticmethod
-    def artifact_links(resource: Json) -> ArtifactLinks:
-        """Relative links to an artifact's JSON, so that they resolve the same from ``/`` and ``/protocol``."""
-        return ArtifactLinks(f"protocol/artifacts/{resource['resourceType']}-{resource.get('id', '')}.json",
-                             f"fhir/{resource['resourceType']}/{resource.get('id', '')}")
+    def artifact_links(self, resource: Json) -> ArtifactLinks:
+        """Relative links to an artifact's JSON, so that they resolve the same from ``/`` and ``/protocol`` (and, with
+        the root ``../``, from ``/protocol/{name}``)."""
+        return ArtifactLinks(f"{self.root}protocol/artifacts/{resource['resourceType']}-{resource.get('id', '')}.json",
+                             f"{self.root}fhir/{resource['resourceType']}/{resource.get('id', '')}")
 
     def artifact_link(self, canonical: str | None, resource_type: str | None = None) -> Link:
         """A link to the page's entry for a canonical; the canonical as text when it does not resolve."""
@@ -558,7 +560,8 @@ class PageBuilder:
             plan_variants=[self.action(v, card=True) for v in read.plan_variants()], chart_cards=chart,
             order_groups=orders, references=references, plans=self.plans_tech(), artifacts=self.artifacts(),
             data_requirements=self.data_requirements(), parameters=self.parameters(), findings=self.findings(),
-            terminology=self.terminology(), logic=self.logic(), artifact_count=len(self.content.resources))
+            terminology=self.terminology(), logic=self.logic(), artifact_count=len(self.content.resources),
+            protocols=self.protocols)
 
     @staticmethod
     def plan_hooks(plan: Json) -> list[str]:
@@ -566,6 +569,7 @@ class PageBuilder:
         return list(dict.fromkeys(h for a in plan.get("action") or [] if isinstance(a, dict) for h in hooks_of(a)))
 
 
-def build_page(content: Content) -> ProtocolPage:
-    """The view model of the protocol page for the given artifacts."""
-    return PageBuilder(content).build()
+def build_page(content: Content, root: str = "", protocols: list[Link] | None = None) -> ProtocolPage:
+    """The view model of the protocol page for the given artifacts (one protocol's); ``root`` prefixes the links to
+    the service's other routes, ``protocols`` lists the protocols the service offers when there are several."""
+    return PageBuilder(content, root, protocols).build()

@@ -204,6 +204,16 @@ def condition_expressions(action: Json) -> list[str]:
     return out
 
 
+#: The hook of the pathway: a plan triggered when the chart is opened is the protocol's pathway, the page's main part;
+#: the plans triggered by other hooks (the order hooks) review what is being ordered.
+CHART_HOOK = "patient-view"
+
+
+def plan_triggers(plan: Json) -> list[str]:
+    """The named events that trigger a plan's top-level actions, each once."""
+    return list(dict.fromkeys(h for a in plan.get("action") or [] if isinstance(a, dict) for h in hooks_of(a)))
+
+
 def hooks_of(action: Json) -> list[str]:
     """The names of the hooks (named-event triggers) of an action."""
     return [str(t["name"]) for t in action.get("trigger") or [] if isinstance(t, dict) and t.get("name")]
@@ -260,7 +270,7 @@ class ProtocolReading:
         self.content = content
         self.publication: Json = content.publication or {}
         self.plans: list[Json] = content.of_type("PlanDefinition")
-        self.pathway: Json | None = next((p for p in self.plans if self.phase_group(p) is not None), self.plans[0] if self.plans else None)
+        self.pathway: Json | None = next((p for p in self.plans if CHART_HOOK in plan_triggers(p)), None)
         self.others = [p for p in self.plans if p is not self.pathway]
         self.library: Json | None = next(iter(content.of_type("Library")), None)
         self.variables = self._variables()

@@ -377,3 +377,4 @@ class ProtocolPage:
     terminology: list[TerminologyView]
     logic: list[PlanLogic]
     artifact_count: int
+    protocols: list[Link] = field(default_factory=list)  #: the protocols the service offers, when there are several
