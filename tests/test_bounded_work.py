@@ -1,7 +1,7 @@
 """Heavy records cannot take the service down: the attack of a large prefetch, the cap on resources, the time limit.
 
 - A patient-view prefetch of 13,000 MedicationRequests of the patient (about 4.5 MB, under the body limit) is
-  answered with exactly the cards of the same patient without them, on both FHIRPath evaluators, well within
+  answered with exactly the cards of the same patient without them, well within
   a generous bound (it took 24 to 30 seconds when `in`/`intersect()` compared every pair of resources).
 - More resources than ``max_resources`` is a 413 naming the setting and the count, on the hooks and on /fhir.
 - Past ``apply_time_limit`` the answer is a 503 with Retry-After and no card, on the hooks and on /fhir, also
@@ -23,8 +23,7 @@ import pytest
 
 from protocol.engine.content import load_content
 from protocol.engine.apply import ApplyTimeout, Deadline, Engine, TooMuchData
-from protocol.engine.fhirpath import FhirPathPyEvaluator
-from protocol.engine.fhirpath_native import NativeEvaluator
+from protocol.engine.fhirpath import default_evaluator
 from service import create_app
 from service.config import ConfigError, Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient, concept, day
@@ -37,20 +36,19 @@ OTHER_DRUGS = [(RXNORM, "197361", "Amlodipine 5 MG Oral Tablet"), (RXNORM, "3109
 ATTACK_SECONDS = 10.0
 PATHWAY = "back-spasm-treatment-pathway"
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: list[Engine] = []
 
 
-def engine(name: str) -> Engine:
-    """The shipped protocol on one FHIRPath evaluator, compiled once for the module."""
-    if name not in _ENGINES:
-        evaluator = NativeEvaluator() if name == "native" else FhirPathPyEvaluator()
-        _ENGINES[name] = Engine(load_content(), evaluator=evaluator)
-    return _ENGINES[name]
+def engine() -> Engine:
+    """The shipped protocol, compiled once for the module."""
+    if not _ENGINES:
+        _ENGINES.append(Engine(load_content(), evaluator=default_evaluator()))
+    return _ENGINES[0]
 
 
-def make_app(tmp_path: Path, evaluator: str = "native", **overrides):
+def make_app(tmp_path: Path, **overrides):
     settings = Settings.load(environ={}, overrides={"database": str(tmp_path / "cds.sqlite"), **overrides})
-    return create_app(settings, engine=engine(evaluator), clock=lambda: CLOCK)
+    return create_app(settings, engine=engine(), clock=lambda: CLOCK)
 
 
 def patient() -> Patient:
@@ -95,9 +93,8 @@ def cards(answer) -> list:
 # ---------------------------------------------------------------------------------- the attack
 
 
-@pytest.mark.parametrize("evaluator", ["native", "fhirpathpy"])
-def test_a_prefetch_of_13000_medication_requests_gets_the_cards_of_the_record_without_them(tmp_path, evaluator):
-    app = make_app(tmp_path, evaluator)
+def test_a_prefetch_of_13000_medication_requests_gets_the_cards_of_the_record_without_them(tmp_path):
+    app = make_app(tmp_path)
     client = app.test_client()
     p = patient()
     expected = cards(post(client, PATIENT_VIEW, hook_body(app, "patient-view", p)))
@@ -227,10 +224,10 @@ def test_resources_are_counted_after_flattening_bundles_contained_ones_not():
     bundle = p.bundle("collection")
     nested = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": bundle}, {"resource": p.resources[1]}]}
     count = len(p.resources) + 1  # the Condition is in the data twice
-    result = engine("native").apply(PATHWAY, [nested], CLOCK, p.id, max_resources=count)
+    result = engine().apply(PATHWAY, [nested], CLOCK, p.id, max_resources=count)
     assert result.actions
     with pytest.raises(TooMuchData) as refused:
-        engine("native").apply(PATHWAY, [nested], CLOCK, p.id, max_resources=count - 1)
+        engine().apply(PATHWAY, [nested], CLOCK, p.id, max_resources=count - 1)
     assert (refused.value.count, refused.value.limit) == (count, count - 1)
 
 
@@ -239,10 +236,10 @@ def test_parameters_count_too():
     draft = p.draft_medication(CYCLOBENZAPRINE_10, dose_mg=10)
     data = p.bundle("collection")
     limit = len(p.resources)
-    engine("native").apply("back-spasm-order-review", data, CLOCK, p.id, max_resources=limit + 2,
+    engine().apply("back-spasm-order-review", data, CLOCK, p.id, max_resources=limit + 2,
                            parameters={"draftOrder": draft, "draftOrders": [draft]})
     with pytest.raises(TooMuchData):
-        engine("native").apply("back-spasm-order-review", data, CLOCK, p.id, max_resources=limit + 1,
+        engine().apply("back-spasm-order-review", data, CLOCK, p.id, max_resources=limit + 1,
                                parameters={"draftOrder": draft, "draftOrders": [draft]})
 
 
@@ -257,27 +254,26 @@ class SteppingClock:
         return float(self.readings)
 
 
-@pytest.mark.parametrize("evaluator", ["native", "fhirpathpy"])
-def test_a_deadline_passed_anywhere_stops_the_call_without_a_result(evaluator):
+def test_a_deadline_passed_anywhere_stops_the_call_without_a_result():
     p = patient()
     p.resources.extend(padding(p, 200))
     data = p.bundle("collection")
-    unbounded = engine(evaluator).apply(PATHWAY, data, CLOCK, p.id)
+    unbounded = engine().apply(PATHWAY, data, CLOCK, p.id)
     assert not [i for i in unbounded.issues if i.severity == "error"]
     total = SteppingClock()
-    assert engine(evaluator).apply(PATHWAY, data, CLOCK, p.id, deadline=Deadline(10.0 ** 9, total)).actions
+    assert engine().apply(PATHWAY, data, CLOCK, p.id, deadline=Deadline(10.0 ** 9, total)).actions
     assert total.readings > 20
     for after in (1, 2, 5, total.readings // 2, total.readings - 1):
         clock = SteppingClock()
         with pytest.raises(ApplyTimeout):
-            engine(evaluator).apply(PATHWAY, data, CLOCK, p.id, deadline=Deadline(after + 0.5, clock))
+            engine().apply(PATHWAY, data, CLOCK, p.id, deadline=Deadline(after + 0.5, clock))
         assert clock.readings == after + 1
 
 
 def test_a_deadline_not_passed_changes_nothing():
     p = patient()
     data = p.bundle("collection")
-    plain = engine("native").apply(PATHWAY, data, CLOCK, p.id)
-    bounded = engine("native").apply(PATHWAY, data, CLOCK, p.id, max_resources=1000,
+    plain = engine().apply(PATHWAY, data, CLOCK, p.id)
+    bounded = engine().apply(PATHWAY, data, CLOCK, p.id, max_resources=1000,
                                      deadline=Deadline.after(60.0))
     assert (plain.actions, plain.issues) == (bounded.actions, bounded.issues)

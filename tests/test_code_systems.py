@@ -2,7 +2,7 @@
 
 Records write RxNorm, SNOMED CT, LOINC and ICD-10-CM with ``http`` or ``https`` and with or without a trailing
 slash. Each spelling must match a ValueSet member the same way, in a retrieve (the record's code filter) and in
-FHIRPath ``memberOf()`` (both evaluators), while a system that is not one of these spellings must not match.
+FHIRPath ``memberOf()``, while a system that is not one of these spellings must not match.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.engine.content import load_content
-from protocol.engine.fhirpath import EvaluationContext, FhirPathPyEvaluator
-from protocol.engine.fhirpath_native import native_evaluator
+from protocol.engine.fhirpath import EvaluationContext, default_evaluator
 from protocol.engine.record import Record
 from protocol.engine.terminology import SYSTEM_ALIASES, canonical_system, index_codes
 from tests.cds_support import VS, cards, engine, phase, view
@@ -49,9 +48,9 @@ def terminology():
     return load_content().terminology
 
 
-@pytest.fixture(scope="module", params=["native", "fhirpathpy"])
-def evaluator(request):
-    return native_evaluator() if request.param == "native" else FhirPathPyEvaluator()
+@pytest.fixture(scope="module")
+def evaluator():
+    return default_evaluator()
 
 
 def resource_with(kind: str, system: str) -> dict:

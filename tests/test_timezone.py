@@ -1,7 +1,7 @@
 """The service's local time zone: the setting, the engine, the record's date windows, and the FHIRPath it changes.
 
 PROTOCOL.md §2: dates without a time are read in the service's local time zone (an IANA name, default UTC).
-Each FHIRPath case runs on both evaluators (the native one with ``rerun=False``, so that its own code answers):
+The FHIRPath cases:
 today() and timeOfDay() around midnight UTC at the extreme offsets (+14:00, -12:00), the FHIRPath 3.0 (STU)
 functions lowBoundary()/highBoundary() and duration()/difference() on daylight saving change days in
 America/New_York and Australia/Sydney, and values written with an offset, which no zone changes.
@@ -21,21 +21,19 @@ import service.cds_hooks.calls
 from service.cli import TIMEZONE_VARIABLE, main
 from protocol.engine.content import load_content
 from protocol.engine.apply import Engine
-from protocol.engine.fhirpath import EvaluationContext, FhirPathEvaluationError, FhirPathPyEvaluator, time_zone
-from protocol.engine.fhirpath_native import NativeEvaluator
+from protocol.engine.fhirpath import EvaluationContext, FhirPathEvaluationError, default_evaluator, time_zone
 from protocol.engine.record import Record
 from service.config import ConfigError, Settings
 from tests.patients import Patient
 
-EVALUATORS = {"fhirpathpy": FhirPathPyEvaluator(), "native": NativeEvaluator(rerun=False)}
 NEW_YORK = "America/New_York"  # 2026: EST -05:00 until 2026-03-08 02:00, EDT -04:00 until 2026-11-01 02:00
 SYDNEY = "Australia/Sydney"  # 2026: AEDT +11:00 until 2026-04-05 03:00, AEST +10:00 until 2026-10-04 02:00
 CLOCK = datetime(2026, 3, 9, 12, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=sorted(EVALUATORS))
-def evaluator(request):
-    return EVALUATORS[request.param]
+@pytest.fixture
+def evaluator():
+    return default_evaluator()
 
 
 def evaluate(evaluator, expression: str, zone: str | None = "UTC", now: datetime = CLOCK, focus=None, env=None) -> list:

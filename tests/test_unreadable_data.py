@@ -13,8 +13,7 @@ import json
 
 import pytest
 
-from protocol.engine.fhirpath import EvaluationContext, FhirPathPyEvaluator
-from protocol.engine.fhirpath_native import native_evaluator
+from protocol.engine.fhirpath import EvaluationContext, default_evaluator
 from tests.cds_support import cards, engine, find, get, review, text_of, view
 from tests.patients import (
     CLOCK,
@@ -110,9 +109,9 @@ def test_apply_writes_the_warning_to_stderr_and_exits_0(tmp_path, capsys, reuse_
     assert json.dumps(careplan).count("data-unreadable") >= 1
 
 
-@pytest.fixture(scope="module", params=["native", "fhirpathpy"])
-def evaluator(request):
-    return native_evaluator() if request.param == "native" else FhirPathPyEvaluator()
+@pytest.fixture(scope="module")
+def evaluator():
+    return default_evaluator()
 
 
 @pytest.mark.parametrize("text,valid", [
