@@ -116,6 +116,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(health.bp)
     from service import page
     app.register_blueprint(page.bp)  # the public protocol page: / and /protocol
+    from service.report import endpoint as report
+    report.register(app)  # /report, only when the operator_token setting is given
     register_error_handlers(app)
     logs.install(app)
     return app
