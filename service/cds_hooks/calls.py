@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.engine.apply import ApplyError, ApplyResult, CompiledPlan, Deadline, Engine
+from protocol.engine.parameters import ApplyParameters, ParameterError, PrefetchData
 from protocol.engine.record import Record, SubjectScope, entries_of, patient_full_urls
 
 ORDER_HOOKS = ("order-select", "order-sign")
@@ -127,6 +128,29 @@ def hook_context(body: Mapping[str, Any]) -> HookContext:
     return HookContext(hook, subject, context.get("encounterId"), context.get("userId"), prefetch, bundle, drafts, reviewed)
 
 
+def from_hook(body: Mapping[str, Any] | HookContext) -> ApplyParameters:
+    """The $apply inputs a CDS Hooks request stands for, mapped as the reference implementation maps them:
+    ``patientId`` is the subject, ``userId`` the practitioner, ``encounterId`` the encounter, each prefetch key a
+    ``prefetchData`` item (a single resource wrapped in a collection Bundle), the drafts ``draftOrders`` in
+    ``parameters``. A value the operation would refuse is an ApplyError naming it."""
+    request = body if isinstance(body, HookContext) else hook_context(body)
+    prefetch = []
+    for key, value in request.prefetch.items():
+        if isinstance(value, Mapping) and value.get("resourceType") == "Bundle":
+            prefetch.append(PrefetchData(key=key, data=dict(value)))
+        elif isinstance(value, Mapping) and isinstance(value.get("resourceType"), str):
+            prefetch.append(PrefetchData(key=key, data={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": value}]}))
+    drafts = [{"name": "draftOrders", "resource": draft} for draft in request.drafts]
+    try:
+        return ApplyParameters(
+            subject=f"Patient/{request.subject}" if "/" not in request.subject else request.subject,
+            encounter=f"Encounter/{request.encounter}" if isinstance(request.encounter, str) and "/" not in request.encounter else request.encounter,
+            practitioner=request.practitioner, prefetch_data=tuple(prefetch),
+            parameters={"resourceType": "Parameters", "parameter": drafts} if drafts else None)
+    except ParameterError as exc:
+        raise ApplyError(f"context: {exc}") from None
+
+
 def calls_for_hook(engine: Engine, body: Mapping[str, Any] | HookContext, plan: str | CompiledPlan | None = None,
                    data: list[Any] | None = None, *, max_resources: int | None = None,
                    deadline: Deadline | None = None) -> list[ApplyCall]:
@@ -140,7 +164,8 @@ def calls_for_hook(engine: Engine, body: Mapping[str, Any] | HookContext, plan: 
     else:
         check_draft_subjects(request.subject, request.drafts, [data, request.draft_bundle])
     shared = list(data) + request.drafts
-    common = {"subject": request.subject, "data": shared, "encounter": request.encounter, "practitioner": request.practitioner,
+    inputs = from_hook(request)
+    common = {"subject": inputs.subject, "data": shared, "encounter": inputs.encounter, "practitioner": inputs.practitioner,
               "max_resources": max_resources, "deadline": deadline}
     if isinstance(plan, CompiledPlan):
         plans = [plan]
