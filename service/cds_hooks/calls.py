@@ -144,11 +144,12 @@ def from_hook(body: Mapping[str, Any] | HookContext) -> ApplyParameters:
     try:
         return ApplyParameters(
             subject=f"Patient/{request.subject}" if "/" not in request.subject else request.subject,
-            encounter=f"Encounter/{request.encounter}" if isinstance(request.encounter, str) and "/" not in request.encounter else request.encounter,
-            practitioner=request.practitioner, prefetch_data=tuple(prefetch),
+            encounter=(request.encounter if "/" in request.encounter else f"Encounter/{request.encounter}") if request.encounter else None,
+            practitioner=request.practitioner or None, prefetch_data=tuple(prefetch),
             parameters={"resourceType": "Parameters", "parameter": drafts} if drafts else None)
     except ParameterError as exc:
-        raise ApplyError(f"context: {exc}") from None
+        field = {"subject": "context.patientId", "encounter": "context.encounterId", "practitioner": "context.userId"}.get(exc.parameter)
+        raise ApplyError(f"{field} cannot be taken: {exc}" if field else str(exc)) from None
 
 
 def calls_for_hook(engine: Engine, body: Mapping[str, Any] | HookContext, plan: str | CompiledPlan | None = None,
