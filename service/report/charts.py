@@ -25,7 +25,8 @@ from service.report.figures import Figures, OverrideReason, Topic  # noqa: E402
 #: Outcome colours (Okabe-Ito, told apart by colour-blind readers too) in the order the bars are stacked.
 OUTCOME_COLOURS = {"accepted": "#009E73", "overridden": "#E69F00", "ignored": "#8C8C8C"}
 #: Colours of the override reasons, in order of first appearance.
-REASON_COLOURS = ("#0072B2", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#009E73", "#E69F00")
+REASON_COLOURS = ("#0072B2", "#D55E00", "#CC79A7", "#56B4E9", "#009E73", "#E69F00", "#000000", "#F0E442")
+NO_REASON_COLOUR = "#BDBDBD"  #: overrides sent without a reason
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "back-spasm-cds-report", "font.family": "DejaVu Sans", "font.size": 10,
          "axes.spines.top": False, "axes.spines.right": False}
 WIDTH = 9.0  #: inches, at 72 points per inch in SVG
@@ -83,12 +84,14 @@ def reasons_chart(figures: Figures) -> str | None:
         axes = figure.add_subplot()
         positions = list(range(len(topics)))[::-1]
         left = [0] * len(topics)
-        for index, (code, display) in enumerate(kinds):
+        colours = iter(REASON_COLOURS * len(kinds))
+        for code, display in kinds:
             values = [sum(r.count for r in reasons if r.topic == t and r.code == code) for t in topics]
-            bars = axes.barh(positions, values, left=left, color=REASON_COLOURS[index % len(REASON_COLOURS)], label=display, height=0.7)
-            for bar, topic, value in zip(bars, topics, values):
-                bar.set_gid(_gid("reason", code or "none", topic))
-                bar.set_visible(value > 0)
+            drawn = [i for i, value in enumerate(values) if value]  # a bar only where the reason was given
+            bars = axes.barh([positions[i] for i in drawn], [values[i] for i in drawn], left=[left[i] for i in drawn],
+                             color=next(colours) if code else NO_REASON_COLOUR, label=display, height=0.7)
+            for bar, i in zip(bars, drawn):
+                bar.set_gid(_gid("reason", code or "none", topics[i]))
             left = [a + b for a, b in zip(left, values)]
         axes.set_yticks(positions, [f"{t}: {figures.topic_name(t)}"[:56] for t in topics])
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
