@@ -20,23 +20,34 @@ FIXED_MTIME = 0  # reproducible archives: the same content gives the same bytes
 
 
 def manifest(content: Content) -> dict[str, Any]:
-    """package.json: the FHIR package fields."""
+    """package.json: the FHIR package fields, every one from the protocol's publication.json."""
     pub = content.publication
-    return {
+    found: dict[str, Any] = {
         "name": pub["packageId"],
         "version": pub["version"],
         "canonical": pub["canonical"],
         "url": pub["canonical"],
         "title": pub["title"],
-        "description": "Treatment protocol for back muscle spasm after physical therapy as FHIR R4 knowledge artifacts "
-                       "(PlanDefinition, ActivityDefinition, Library, ValueSet).",
+        "description": pub.get("description") or pub["title"],
         "fhirVersions": [pub["fhirVersion"]],
-        "dependencies": {"hl7.fhir.r4.core": "4.0.1"},
+        "dependencies": {"hl7.fhir.r4.core": pub["fhirVersion"]},
         "author": pub["publisher"],
         "license": pub.get("license", "Apache-2.0"),
         "type": "Conformance",
-        "jurisdiction": "urn:iso:std:iso:3166#US",
     }
+    jurisdiction = package_jurisdiction(pub)
+    if jurisdiction:
+        found["jurisdiction"] = jurisdiction
+    return found
+
+
+def package_jurisdiction(publication: dict[str, Any]) -> str | None:
+    """The package's ``jurisdiction``, ``system#code`` of the first coding of the publication's jurisdiction, if any."""
+    for concept in publication.get("jurisdiction") or []:
+        for coding in (concept or {}).get("coding") or []:
+            if coding.get("system") and coding.get("code"):
+                return f"{coding['system']}#{coding['code']}"
+    return None
 
 
 def implementation_guide(content: Content) -> dict[str, Any]:
@@ -55,6 +66,7 @@ def implementation_guide(content: Content) -> dict[str, Any]:
         "date": pub["date"],
         "publisher": pub["publisher"],
         "contact": pub.get("contact", []),
+        "description": pub.get("description", []),
         "jurisdiction": pub.get("jurisdiction", []),
         "packageId": pub["packageId"],
         "license": pub.get("license", "Apache-2.0"),

@@ -193,7 +193,7 @@ class _ResourceChecker:
         return True
 
     def check_publication(self) -> None:
-        pub = self.content.publication
+        pub = self.content.publication_of(self.resource)  # each protocol's own publication.json, when several are merged
         if "url" not in self.resource and self.type not in {"ValueSet", "CodeSystem"} and not self.resource.get("url"):
             self.add(f"{self.type}.url", "canonical url missing")
             return
@@ -286,7 +286,7 @@ class _ResourceChecker:
                 for j, ref in enumerate(inc.get("valueSet") or []):
                     yield f"ValueSet.compose.include[{i}].valueSet[{j}]", ref, "ValueSet"
         for path, ext in _extensions(r, t):
-            if isinstance(ext.get("valueCanonical"), str) and ext["valueCanonical"].startswith(self.content.publication["canonical"]):
+            if isinstance(ext.get("valueCanonical"), str) and ext["valueCanonical"].startswith(self.content.publication_of(r)["canonical"]):
                 yield f"{path}.valueCanonical", ext["valueCanonical"], _canonical_type(ext["valueCanonical"])
         for path, expression in _expressions(r, t):
             for url in MEMBER_OF.findall(expression.get("expression", "")):
