@@ -54,21 +54,26 @@ def check_shape(value: Any, max_depth: int = MAX_DEPTH) -> None:
 
 
 def _shape_ok(value: Any, max_depth: int) -> bool:
-    stack = [(value, 1)]
-    pop, push, high, low = stack.pop, stack.append, MAX_MAGNITUDE, MIN_INTEGER
-    while stack:
-        node, depth = pop()
+    """One pass, a level of nesting at a time (no stack of (node, depth) pairs to build); strings, the most common
+    values, cost one type check."""
+    level, depth = [value], 1
+    high, low = MAX_MAGNITUDE, MIN_INTEGER
+    while level:
         if depth > max_depth:
             return False
-        for item in node.values() if type(node) is dict else node:
-            kind = type(item)
-            if kind is dict or kind is list:
-                push((item, depth + 1))
-            elif kind is int:
-                if not low <= item <= high:
+        deeper: list[Any] = []
+        push = deeper.append
+        for node in level:
+            for item in node.values() if type(node) is dict else node:
+                kind = type(item)
+                if kind is str:
+                    continue
+                if kind is dict or kind is list:
+                    push(item)
+                elif (kind is int or kind is float) and not low <= item <= high:
                     return False
-            elif kind is float and not (low <= item <= high):
-                return False
+        level = deeper
+        depth += 1
     return True
 
 
