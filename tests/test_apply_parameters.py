@@ -17,7 +17,7 @@ from service import create_app
 from service.cds_hooks.calls import from_hook
 from service.config import Settings
 from service.fhir_api import PLAN_APPLY, _operation_parameters, from_operation, operation_definitions
-from tests.patients import CLOCK, CYCLOBENZAPRINE_10, Patient
+from tests.patients import CLOCK, CYCLOBENZAPRINE_10, SERTRALINE, Patient
 from tests.service_helpers import shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
@@ -173,9 +173,16 @@ def test_practitioner_and_encounter_are_on_the_care_plan_the_group_and_every_req
 
 
 def test_an_organization_alone_authors_the_care_plan_but_not_the_request_group(client):
-    answer = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json=body({"name": "organization", "valueString": "Organization/org-1"}))
+    patient = spasm_patient()
+    patient.medication(SERTRALINE)
+    answer = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$apply", json={"resourceType": "Parameters", "parameter": [
+        {"name": "subject", "valueString": f"Patient/{patient.id}"}, {"name": "data", "resource": patient.bundle("collection")},
+        {"name": "organization", "valueString": "Organization/org-1"}]})
     assert answer.json["author"] == {"reference": "Organization/org-1"}
     assert "author" not in answer.json["contained"][0], "R4 RequestGroup.author takes Device, Practitioner or PractitionerRole only"
+    requests = [r for r in answer.json["contained"][1:] if r["resourceType"] != "OperationOutcome"]
+    assert {r["resourceType"] for r in requests} >= {"MedicationRequest", "ServiceRequest", "CommunicationRequest"}
+    assert all("requester" not in r for r in requests), "a request's requester is the practitioner only"
     r5 = client.post(f"/fhir/PlanDefinition/{PATHWAY}/$r5.apply", json=body({"name": "organization", "valueString": "Organization/org-1"}))
     entries = [e["resource"] for e in r5.json["parameter"][0]["resource"]["entry"]]
     assert "author" not in entries[0]

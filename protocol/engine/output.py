@@ -12,7 +12,8 @@ The $apply inputs that name the context are reflected as the reference implement
 clinical-reasoning, ResponseBuilder) reflects them: ``encounter`` on the CarePlan, the RequestGroup and the
 requests; the author (``practitioner``, else ``organization``) as the CarePlan's author (R5: custodian) and,
 when it is a Practitioner, PractitionerRole or Device (the only authors R4 and R5 allow there), the
-RequestGroup's; ``userLanguage`` as the ``language`` of the CarePlan and the RequestGroup.
+RequestGroup's and the requests' requester (the reference implementation sets a request's requester from the
+practitioner only); ``userLanguage`` as the ``language`` of the CarePlan and the RequestGroup.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _communication(fields: Json, result: ApplyResult) -> Json:
         out["priority"] = fields["priority"]
     if result.encounter:
         out["encounter"] = {"reference": result.encounter}
-    if result.author:
+    if result.author and _reference_type(result.author) in REQUEST_AUTHORS:
         out["requester"] = {"reference": result.author}
     return out
 
