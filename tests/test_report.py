@@ -26,6 +26,7 @@ from service import create_app, state_of
 from service.cli import main
 from service.config import ConfigError, Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, DATA, PHENELZINE, TENS_DEVICE, Patient
+from tests.storage_backends import fresh_database, needs_postgresql
 from tests.service_helpers import SERVICES, cards_of, hook_body, make_app, shared_engine, topic
 
 TOKEN = "op-" + "7Hq2vK9xLr4Wm8Tz3Nc6Yb1Fd5Gs0Jp"
@@ -258,6 +259,10 @@ def test_the_database_holds_cards_of_each_kind_of_feedback(filled):
 
 def test_per_recommendation_and_rule_the_cards_issued_accepted_overridden_and_ignored(filled):
     app, _, expected, _ = filled
+    check_recommendations(app, expected)
+
+
+def check_recommendations(app, expected: Expected) -> None:
     table = {row["code"]: row for row in rows(csv_of(app, "recommendations.csv"))}
     for code, counts in expected.topics.items():
         row = table[code]
@@ -273,6 +278,10 @@ def test_per_recommendation_and_rule_the_cards_issued_accepted_overridden_and_ig
 
 def test_override_reasons_per_recommendation_and_rule(filled):
     app, sent, expected, _ = filled
+    check_reasons(app, sent, expected)
+
+
+def check_reasons(app, sent: Sent, expected: Expected) -> None:
     found = Counter()
     for row in rows(csv_of(app, "override-reasons.csv")):
         found[(row["code"], row["reason_system"] or None, row["reason_code"] or None)] += int(row["overridden"])
@@ -283,6 +292,10 @@ def test_override_reasons_per_recommendation_and_rule(filled):
 
 def test_outcomes_per_week_of_issue(filled):
     app, _, expected, _ = filled
+    check_weeks(app, expected)
+
+
+def check_weeks(app, expected: Expected) -> None:
     table = rows(csv_of(app, "weeks.csv"))
     assert [row["week"] for row in table] == sorted(expected.weeks) == [week_of(t) for t in ISSUE_TIMES]
     for row in table:
@@ -290,6 +303,19 @@ def test_outcomes_per_week_of_issue(filled):
         assert date.fromisoformat(row["monday"]).weekday() == 0
         assert (int(row["issued"]), int(row["accepted"]), int(row["overridden"]), int(row["ignored"])) == \
                (counts["issued"], counts["accepted"], counts["overridden"], counts["ignored"])
+
+
+@needs_postgresql
+def test_the_same_figures_from_a_postgresql_database():
+    with fresh_database() as url:
+        app = make_app(Path(tempfile.mkdtemp(prefix="report-pg-")), database=url, operator_token=TOKEN)
+        sent = fill(app)
+        expected = Expected.of(sent)
+        check_recommendations(app, expected)
+        check_reasons(app, sent, expected)
+        check_weeks(app, expected)
+        page = app.test_client().get("/report", headers=AUTH).get_data(as_text=True)
+        assert f"{sent.items} feedback\nitems received, of which {sent.unmatched}\n" in page and len(images(page)) == 3
 
 
 def test_per_card_the_actions_title_as_authored(filled):

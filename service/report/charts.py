@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from collections.abc import Sequence
 
 import matplotlib
@@ -142,7 +143,12 @@ CHARTS = {
 }
 
 
+#: matplotlib's rc_context changes process-wide settings: one drawing at a time, so two requests cannot mix styles.
+_DRAWING = threading.Lock()
+
+
 def draw_charts(figures: Figures) -> dict[str, str]:
     """Every chart that has something to show, as SVG text by file name (without ``.svg``)."""
-    drawn = {name: draw(figures) for name, (_, draw) in CHARTS.items()}
+    with _DRAWING:
+        drawn = {name: draw(figures) for name, (_, draw) in CHARTS.items()}
     return {name: svg for name, svg in drawn.items() if svg is not None}
