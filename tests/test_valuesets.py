@@ -1,4 +1,4 @@
-"""Tests of the ValueSets in protocol/content/back-spasm, built by scripts/make_valuesets.py.
+"""Tests of the ValueSets in protocol/content/back-spasm, built by scripts/make_valuesets.py from its valuesets.source.json.
 
 The terminology lists the ValueSets are built from are copied into tests/data/terminology (see
 tests/data/README.md), so the drift check runs in any clone; the script is always given that folder.
@@ -20,6 +20,7 @@ TERMINOLOGY_DIR = PROJECT_ROOT / "tests" / "data" / "terminology"
 CONTENT_DIR = PROJECT_ROOT / "protocol" / "content" / "back-spasm"
 PUBLICATION = json.loads((CONTENT_DIR / "publication.json").read_text(encoding="utf-8"))
 SCRIPT = PROJECT_ROOT / "scripts" / "make_valuesets.py"
+SOURCE = CONTENT_DIR / "valuesets.source.json"
 
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -537,16 +538,73 @@ def test_an_unverified_red_flag_code_is_refused(script, tmp_path):
         script.build_valuesets(folder, PUBLICATION)
 
 
-def test_a_left_out_code_listed_among_the_codes_is_not_shipped(script, tmp_path, monkeypatch):
+def test_a_left_out_code_listed_among_the_codes_is_not_shipped(script, tmp_path):
     # S12.000A is under S12 (traumatic cervical fracture), which notes.left_out leaves out.
     folder = _edited_terminology(tmp_path / "t", _add_row(
         "back-pain-red-flags", ICD10CM, "S12.000A", "Vertebral fracture: added"))
     with pytest.raises(ValueError, match="not shipped changed"):  # the notes must be reread
         script.build_valuesets(folder, PUBLICATION)
-    not_shipped = script.RED_FLAG_NOT_SHIPPED["back-pain-red-flags"] | {(ICD10CM, "S12.000A")}
-    monkeypatch.setitem(script.RED_FLAG_NOT_SHIPPED, "back-pain-red-flags", not_shipped)
-    built = script.build_valuesets(folder, PUBLICATION)
+    source = script.load_source(SOURCE)
+    source["redFlags"]["notShipped"]["back-pain-red-flags"].append({"system": ICD10CM, "code": "S12.000A"})
+    built = script.build_valuesets(folder, PUBLICATION, source)
     assert (ICD10CM, "S12.000A") not in _codes(built["back-pain-red-flags"])
+
+
+# -- the source file: texts and selection rules are data -------------------------------------------------------------
+
+
+def test_the_content_loader_does_not_read_the_source_file_as_a_resource():
+    from protocol.engine.content import load_content
+
+    assert SOURCE.is_file()
+    assert all(path.name != SOURCE.name for path in load_content(CONTENT_DIR).files.values())
+
+
+def test_texts_come_from_the_source_file(script, tmp_path):
+    source = script.load_source(SOURCE)
+    entry = next(vs for vs in source["valueSets"] if vs["id"] == "tens")
+    entry.update(title="TENS <changed>", purpose="A changed purpose.", notes=["A changed judgement call."])
+    entry["subsetWhy"] = "a changed reason."
+    built = script.build_valuesets(TERMINOLOGY_DIR, PUBLICATION, source)["tens"]
+    assert built["title"] == "TENS <changed>" and built["purpose"] == "A changed purpose."
+    assert "<h2>TENS &lt;changed&gt;</h2>" in built["text"]["div"]
+    assert "- A changed judgement call." in built["description"]
+    assert "taken from its verified codes: a changed reason." in built["description"]
+
+
+def test_selection_rules_come_from_the_source_file(script):
+    source = script.load_source(SOURCE)
+    pain = next(vs for vs in source["valueSets"] if vs["id"] == "pain-severity-0-10")
+    pain["select"]["codes"] = pain["select"]["codes"][:1]
+    strength = next(vs for vs in source["valueSets"] if vs["id"] == "cyclobenzaprine-10-mg")
+    strength["select"]["strengthMg"] = 5
+    built = script.build_valuesets(TERMINOLOGY_DIR, PUBLICATION, source)
+    assert _codes(built["pain-severity-0-10"]) == [(LOINC, pain["select"]["codes"][0])]
+    assert _codes(built["cyclobenzaprine-10-mg"]) == _codes(built["cyclobenzaprine-5-mg"])
+
+
+def test_a_terminology_group_no_valueset_reads_stops_the_build(script):
+    source = script.load_source(SOURCE)
+    source["valueSets"] = [vs for vs in source["valueSets"] if vs["id"] != "massage-therapy"]
+    with pytest.raises(ValueError, match="no ValueSet reads .*massage-therapy"):
+        script.build_valuesets(TERMINOLOGY_DIR, PUBLICATION, source)
+
+
+def test_a_source_entry_without_its_texts_is_refused(script, tmp_path):
+    source = json.loads(SOURCE.read_text(encoding="utf-8"))
+    del source["valueSets"][0]["purpose"]
+    path = tmp_path / "valuesets.source.json"
+    path.write_text(json.dumps(source), encoding="utf-8")
+    with pytest.raises(ValueError, match="back-muscle-spasm.*missing: \\['purpose'\\]"):
+        script.load_source(path)
+
+
+def test_no_clinical_text_or_code_list_is_left_in_the_script():
+    text = SCRIPT.read_text(encoding="utf-8")
+    source = json.loads(SOURCE.read_text(encoding="utf-8"))
+    for vs in source["valueSets"]:
+        assert vs["title"] not in text and vs["summary"][:60] not in text, vs["id"]
+    assert not re.search(r'"\d{5,}"|"[A-Z]\d\d\.\w+"', text), "no SNOMED CT, RxNorm or ICD-10-CM code in the script"
 
 
 def test_an_undecided_optional_subgroup_stops_the_build(script, tmp_path):
