@@ -316,7 +316,7 @@ class _Compiler:
         params = parts[1]["children"] if len(parts) > 1 and "children" in parts[1] else []
         builder = BUILDERS.get(name)
         if builder is None:
-            raise FhirPathSyntaxError(f"unknown or unsupported function {name}()")
+            raise FhirPathSyntaxError(f"unknown function {name}() (the engine does not have it)")
         return builder(self, params)
 
     def value(self, node: dict) -> Callable[[_State], list]:

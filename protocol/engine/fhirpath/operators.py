@@ -170,7 +170,7 @@ def _order(a: list, b: list, st: _State) -> int | None:
         if values is None:
             return None
         return -1 if values[0] < values[1] else (0 if values[0] == values[1] else 1)
-    raise ValueError(f"cannot compare {_kind(x)} with {_kind(y)}")
+    raise ValueError(f"Cannot compare {_kind(x)} with {_kind(y)}")
 
 
 def _kind(item: Any) -> str:
@@ -376,7 +376,7 @@ def _add(x: Any, y: Any, sign: int) -> Any:
         return dx + dy
     if _is_number(dx) and _is_number(dy):
         return dx + dy if sign == 1 else dx - dy
-    raise ValueError(f"cannot compute {_kind(x)} {'+' if sign == 1 else '-'} {_kind(y)}")
+    raise ValueError(f"Cannot compute {_kind(x)} {'+' if sign == 1 else '-'} {_kind(y)}")
 
 
 def _add_quantities(x: Quantity, y: Quantity, sign: int) -> Quantity | None:

@@ -72,7 +72,7 @@ def _inspect(ast: dict, expression: str) -> frozenset[str]:
             fn_name = node["children"][0]["text"]
             params = node["children"][1].get("children", []) if len(node["children"]) > 1 else []
             if fn_name not in ARITIES:
-                raise FhirPathSyntaxError(f"unknown or unsupported function {fn_name}() in {expression!r}")
+                raise FhirPathSyntaxError(f"unknown function {fn_name}() (the engine does not have it) in {expression!r}")
             allowed = ARITIES[fn_name]
             if allowed is None:
                 if not params:

@@ -92,8 +92,10 @@ def _to_boolean(data: list) -> list:
 def _text_of(value: Any) -> str | None:
     """toString() of one item, or None when it has no string form."""
     t = type(value)
-    if t is DateTime or t is Time:
+    if t is DateTime:
         return value.text
+    if t is Time:
+        return _time_text(value)
     if t is Node:
         value = value.data
         t = type(value)
@@ -108,6 +110,16 @@ def _text_of(value: Any) -> str | None:
     if t is Quantity:
         return str(value)
     return None
+
+
+def _time_text(value: Time) -> str:
+    """toString() of a time: ``hh:mm:ss`` at least (as fhirpathpy writes it), a fraction and an offset as written."""
+    parsed = value.parsed
+    text = value.text[1:] if value.text.startswith("T") else value.text
+    if parsed is None or len(parsed.fields) == 3:
+        return text
+    clock = ":".join(f"{v:02d}" for v in parsed.fields + (0,) * (3 - len(parsed.fields)))
+    return clock + (parsed.zone or "")
 
 
 def _to_string(data: list) -> list:
