@@ -21,9 +21,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from service.cds_hooks.feedback import DATABASE_ERRORS, StorageUnavailable
 from service.errors import error_response
-from service.report.charts import draw_charts
 from service.report.figures import Figures, read_figures
-from service.report.writer import CSV_FILES, csv_tables, render_html, style_hashes
 
 log = logging.getLogger("back_spasm_cds.report")
 bp = Blueprint("feedback_report", __name__)
@@ -40,6 +38,7 @@ CACHE_KEY = "back_spasm_cds.report"
 def register(app: Flask) -> None:
     """Add /report to the application when its ``operator_token`` setting is given; otherwise leave it out."""
     if app.extensions["back_spasm_cds"].settings.operator_token:
+        import service.report.writer  # noqa: F401 - matplotlib loaded at start (before gunicorn forks), not by the first request
         app.extensions[CACHE_KEY] = _Cache()
         app.register_blueprint(bp)
 
@@ -83,6 +82,9 @@ def _refused(message: str, challenge: str) -> Response:
 
 def _rendered() -> _Rendered:
     """The page for the figures the database holds now: drawn again only when they changed since the last request."""
+    from service.report.charts import draw_charts
+    from service.report.writer import render_html, style_hashes
+
     state, cache = _state(), current_app.extensions[CACHE_KEY]
     figures = _figures()
     with cache.lock:
@@ -118,7 +120,9 @@ def report_page() -> Response:
 
 @bp.get("/report/<name>")
 def report_csv(name: str) -> Response:
-    """One of the report's CSV files (CSV_FILES)."""
+    """One of the report's CSV files (writer.CSV_FILES)."""
+    from service.report.writer import CSV_FILES, csv_tables
+
     if name not in CSV_FILES:
         return error_response(404, f"no such file of the report: {name[:64]!r}; the files are {', '.join(CSV_FILES)}", headers=COMMON_HEADERS)
     figures = _figures()
