@@ -141,6 +141,7 @@ def test_each_protocol_has_its_page_and_the_default_stays_at_protocol(client):
     assert PUBLICATION["title"] in page and PUBLICATION["version"] in page and f'id="{ACTION}"' in page
     for absent in ('id="safety-rules"', 'id="phases"', 'id="checked-first"'):
         assert absent not in page, f"no phases, rules or suspension in this protocol: {absent}"
+    assert "Cards when the chart is opened" in page and "Other cards" not in page, "its card stands alone"
     first = client.get("/protocol").get_data(as_text=True)
     assert client.get("/").get_data(as_text=True) == first
     assert 'id="phases"' in first and 'id="safety-rules"' in first

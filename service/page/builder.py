@@ -366,7 +366,8 @@ class PageBuilder:
         if not cards:
             return None
         hooks = list(dict.fromkeys(h for a in cards for h in hooks_of(a)))
-        title = f"Other cards when {hooks_phrase(hooks)}" if hooks else "Other cards of the pathway"
+        other = "Other cards" if self.read.phase_group(pathway) or self.read.suspensions else "Cards"  # beside a plan, or alone
+        title = f"{other} when {hooks_phrase(hooks)}" if hooks else f"{other} of the pathway"
         return CardGroup("patient-view-cards", title, markdown(clinical(pathway.get("usage"))),
                          [self.action(a, card=True) for a in cards])
 
