@@ -570,7 +570,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the feedback report (index.html, the figures as CSV, each chart as SVG) into the --out folder.
 
     The database is the service's ``database`` setting (configuration file, environment) unless --database names
-    one; the content is --content, else the ``content_dir`` setting, else the checkout's or the installed copy.
+    one; the content is --content, else the folders the service reads (its content settings, else every protocol
+    folder of the checkout or of the installed copy), so that every card is named from the protocol it came from.
     """
     from service.cds_hooks.feedback import FeedbackStore
     from service.config import ConfigError, Settings, database_kind
@@ -587,9 +588,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if database_kind(database) == "sqlite" and not Path(database.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"the database {database} does not exist (from {settings.sources['database']}); "
                          "name the service's with --database or BACK_SPASM_CDS_DATABASE")
-    if args.content is None and settings.content_dir:
-        print(f"content: {settings.content_dir} (from {settings.sources['content_dir']})", file=sys.stderr)
-        content = load_content(Path(settings.content_dir))
+    folders = None if args.content is not None else settings.content_folders()
+    if folders:
+        print(f"content: {', '.join(folders)} (the service's content setting)", file=sys.stderr)
+        content = load_contents(folders)
+    elif args.content is None:  # as the service reads it: every protocol folder of the checkout, or of the installed copy
+        source = content_source(args)
+        print(source.describe(), file=sys.stderr)
+        content = load_contents(protocol_folders(source.directory.parent) or [source.directory])
     else:
         content = read_content(args)
     print(f"database: {without_password(database)} (from {settings.sources['database']})", file=sys.stderr)

@@ -56,10 +56,15 @@ def svg_size(svg: str) -> tuple[int, int]:
     return round(float(found.group(1)) * 4 / 3), round(float(found.group(2)) * 4 / 3)
 
 
+def protocols_of(content: Content) -> list[Content]:
+    """The protocols of the content, the default one first (one, unless several folders are served side by side)."""
+    return list(getattr(content, "protocols", None) or [content])
+
+
 def render_html(figures: Figures, content: Content, charts: dict[str, str], csv_href: Callable[[str], str]) -> str:
     """The report page for these figures and charts (SVG text by name); ``csv_href`` gives the link to each CSV file."""
     return _environment.get_template(TEMPLATE).render(
-        figures=figures, title=content.publication.get("title", ""), version=content.publication.get("version", ""),
+        figures=figures, protocols=[(part.publication.get("title", ""), part.publication.get("version", "")) for part in protocols_of(content)],
         charts={name: data_uri(svg) for name, svg in charts.items()}, sizes={name: svg_size(svg) for name, svg in charts.items()},
         share=share, csv_files=CSV_FILES, csv_href=csv_href)
 
