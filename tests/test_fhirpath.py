@@ -1947,3 +1947,21 @@ def _build(age: int, operations: list[tuple], draft: tuple | None, zone: timezon
 def test_generated_records_evaluate_without_error(content, age, operations, draft, zone, seed):
     check_case(content, _build(age, operations, draft, zone, seed))
 
+
+
+# ---------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("function", ["hasValue", "conformsTo", "frobnicate"])
+def test_validate_reports_a_function_the_engine_lacks_naming_it(content, function):
+    """An expression the engine cannot evaluate is found by ``validate``, never handed to another evaluator."""
+    from protocol.engine.content import Content
+    from protocol.engine.validation import validate_content
+
+    resources = copy.deepcopy(content.resources)
+    library = next(r for r in resources if r["resourceType"] == "Library" and r.get("extension"))
+    variable = next(e for e in library["extension"] if isinstance(e.get("valueExpression"), dict))
+    argument = "'http://example.org'" if function == "conformsTo" else ""
+    variable["valueExpression"]["expression"] = f"({variable['valueExpression']['expression']}).{function}({argument})"
+    problems = validate_content(Content(directory=content.directory, publication=content.publication, resources=resources))
+    assert [str(problem) for problem in problems if f"unknown function {function}()" in problem.message], problems
