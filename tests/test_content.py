@@ -223,3 +223,31 @@ def test_no_clinical_code_is_written_in_python():
         for path in (root / folder).rglob("*.py"):
             literals = set(re.findall(r"""['"]([A-Z]?[0-9][0-9A-Z.\-]{3,})['"]""", path.read_text()))
             assert not literals & codes, f"{path}: clinical codes {sorted(literals & codes)} belong in protocol content"
+
+
+def test_the_default_content_is_every_protocol_folder_with_a_publication(tmp_path):
+    from protocol.engine.content import CONTENT_ROOT, load_contents, protocol_folders
+
+    folders = protocol_folders()
+    assert CONTENT_DIR in folders and all((f / PUBLICATION_NAME).is_file() and f.parent == CONTENT_ROOT for f in folders)
+    merged = load_contents()
+    assert [p.directory for p in merged.protocols] == folders
+    assert merged.get("PlanDefinition", "back-spasm-treatment-pathway") is not None
+    (tmp_path / "no-publication").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / PUBLICATION_NAME).write_text("{}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / PUBLICATION_NAME).write_text("{}")
+    assert protocol_folders(tmp_path) == [tmp_path / "a", tmp_path / "b"], "by name; a folder without publication.json is none"
+
+
+def test_generator_sources_beside_the_artifacts_are_not_read_as_resources(tmp_path):
+    folder = tmp_path / "content"
+    shutil.copytree(CONTENT_DIR, folder)
+    assert (folder / "valuesets.source.json").is_file()
+    (folder / "other.source.json").write_text("[1, 2, 3]")
+    content = load_content(folder)
+    assert len(content.resources) == len(load_content(CONTENT_DIR).resources)
+    (folder / "stray.json").write_text("[1, 2, 3]")
+    with pytest.raises(ContentError, match="stray.json: not a FHIR resource"):
+        load_content(folder)
