@@ -1,7 +1,10 @@
-"""Micro-benchmark of compiled FHIRPath expressions evaluated through protocol.engine.fhirpath.
+"""Micro-benchmark of compiled FHIRPath expressions evaluated by the engine (protocol.engine.fhirpath).
 
 Prints, for each case, the median and 99th percentile of one evaluation in milliseconds
-(compilation is done once, outside the measured loop, as the engine does at load time).
+(compilation is done once, outside the measured loop, as the engine does at load time), and beside
+them the median cost of the same case with plain ``fhirpathpy.evaluate`` (R4 model), which parses and
+interprets the expression at every call, as a library user would call it (its results are not checked
+here: it reads date/times as strings).
 
 The "Library" cases use the content's Library over a small synthetic patient, with
 ValueSet membership answered from the content's expansions:
@@ -11,25 +14,19 @@ ValueSet membership answered from the content's expansions:
 - "on demand: ..." evaluates only what a decision needs, through a mapping that computes
   each variable when an expression first reads it (as the engine's scope does).
 
-``--implementation FILE`` measures another version of protocol/fhirpath.py instead of the
-working copy, for before/after comparisons, e.g.::
+``--root DIR`` measures the engine of another checkout (its ``protocol`` package) instead of this one,
+for before/after comparisons, e.g.::
 
-    git show HEAD~1:protocol/fhirpath.py > /tmp/fhirpath_before.py
-    python bench/fhirpath_micro.py --implementation /tmp/fhirpath_before.py
-    python bench/fhirpath_micro.py --runs 2000
+    mkdir /tmp/before && git archive HEAD~1 protocol | tar -x -C /tmp/before
+    python bench/fhirpath_micro.py --root /tmp/before --runs 1000
+    python bench/fhirpath_micro.py --runs 1000
 
-``--evaluator`` chooses the engine: ``default`` (what ``default_evaluator()`` returns, which
-follows the BACK_SPASM_CDS_FHIRPATH environment variable), ``fhirpathpy`` or ``native``
-(protocol/fhirpath_native.py, or the file given with ``--native-implementation``)::
-
-    python bench/fhirpath_micro.py --evaluator fhirpathpy
-    python bench/fhirpath_micro.py --evaluator native
+``--fhirpathpy-runs N`` sets the evaluations measured with fhirpathpy per case (0: leave it out).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -40,14 +37,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from protocol.engine.terminology import Terminology  # noqa: E402
 
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-CONTENT = ROOT / "protocol" / "content"
+CONTENT = ROOT / "protocol" / "content" / "back-spasm"
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -228,9 +222,9 @@ def _on_demand(variables, inputs, ctx, wanted: tuple[str, ...]) -> dict[str, lis
     return {name: scope.get(name) for name in wanted}
 
 
-def _terminology() -> Terminology:
+def _terminology(terminology: type) -> Any:
     """ValueSet membership from the expansions shipped with the content."""
-    return Terminology(json.loads(path.read_text()) for path in sorted(CONTENT.glob("ValueSet-*.json")))
+    return terminology(json.loads(path.read_text()) for path in sorted(CONTENT.glob("ValueSet-*.json")))
 
 
 def _cases(evaluator):
@@ -255,33 +249,39 @@ def _cases(evaluator):
     ]
 
 
-def _load_fhirpath(implementation: str | None):
-    """protocol.engine.fhirpath, or the given file loaded in its place."""
-    if implementation is not None:
-        spec = importlib.util.spec_from_file_location("protocol.engine.fhirpath", implementation)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["protocol.engine.fhirpath"] = module
-        spec.loader.exec_module(module)
-        return module
+def _load_fhirpath(root: Path):
+    """protocol.engine.fhirpath (and the Terminology class) of the checkout at ``root``."""
+    sys.path.insert(0, str(root))
     from protocol.engine import fhirpath
+    from protocol.engine.terminology import Terminology
 
-    return fhirpath
+    return fhirpath, Terminology
 
 
-def _evaluator(fhirpath, args):
-    """The evaluator to measure, as chosen by --evaluator."""
-    if args.evaluator == "default":
-        return fhirpath.default_evaluator()
-    if args.evaluator == "fhirpathpy":
-        return fhirpath.FhirPathPyEvaluator()
-    if args.native_implementation is not None:
-        spec = importlib.util.spec_from_file_location("protocol.engine.fhirpath_native", args.native_implementation)
-        native = importlib.util.module_from_spec(spec)
-        sys.modules["protocol.engine.fhirpath_native"] = native
-        spec.loader.exec_module(native)
-    else:
-        from protocol.engine import fhirpath_native as native
-    return native.NativeEvaluator()
+class _Plain:
+    """Plain fhirpathpy: ``fhirpathpy.evaluate`` with the R4 model, every call parsing the expression again."""
+
+    def __init__(self) -> None:
+        import fhirpathpy
+        from fhirpathpy.models import models
+
+        self._evaluate = fhirpathpy.evaluate
+        self._model = models["r4"]
+        self.errors = 0
+
+    def evaluate(self, source: str, env: Mapping[str, Any], resource: Any = None) -> list:
+        """One evaluation; an error (fhirpathpy fails on some of the content's date arithmetic) counts as empty."""
+        try:
+            return self._evaluate(resource if resource is not None else {}, source, dict(env), self._model)
+        except Exception:
+            self.errors += 1
+            return []
+
+
+def _plain_json(value: Any) -> Any:
+    """An engine's raw value as the JSON plain fhirpathpy is given as a variable."""
+    data = getattr(value, "data", value)
+    return getattr(data, "text", data)
 
 
 def _measure(run, args) -> tuple[list[float], Any]:
@@ -297,51 +297,81 @@ def _measure(run, args) -> tuple[list[float], Any]:
     return sorted(samples), result
 
 
-def _report(label: str, samples: list[float], shown: Any) -> None:
-    """Print median and p99 of one case, with its result."""
+def _report(label: str, samples: list[float], plain: list[float] | None, shown: Any) -> None:
+    """Print median and p99 of one case, the median of plain fhirpathpy beside them, and the result."""
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    print(f"{label:40} {statistics.median(samples):10.3f} {p99:10.3f}   {shown}")
+    other = f"{statistics.median(plain):12.3f}" if plain else f"{'-':>12}"
+    print(f"{label:40} {statistics.median(samples):10.3f} {p99:10.3f} {other}   {shown}")
+
+
+def _measure_plain(run, args) -> list[float] | None:
+    """Time ``run`` args.fhirpathpy_runs times (after a few warm-up calls): sorted samples in ms, or None."""
+    if args.fhirpathpy_runs <= 0:
+        return None
+    for _ in range(min(args.warmup, 5)):
+        run()
+    samples = []
+    for _ in range(args.fhirpathpy_runs):
+        start = time.perf_counter_ns()
+        run()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return sorted(samples)
+
+
+def _plain_library(plain: _Plain, variables, sources: dict[str, str], inputs: dict[str, list]) -> dict[str, list]:
+    """Every Library variable in order with plain fhirpathpy, each seeing the earlier results."""
+    values = {name: [_plain_json(v) for v in value] for name, value in inputs.items()}
+    for name, compiled in variables:
+        values[name] = plain.evaluate(sources[name], {v: values.get(v, []) for v in compiled.variables})
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the cases and print median / p99 per case."""
+    """Run the cases and print median / p99 per case, and plain fhirpathpy's median beside them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000, help="measured evaluations per case")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured evaluations first")
-    parser.add_argument("--implementation", help="another protocol/fhirpath.py to measure instead")
-    parser.add_argument("--evaluator", choices=("default", "fhirpathpy", "native"), default="default",
-                        help="the engine to measure (default: what default_evaluator() returns)")
-    parser.add_argument("--native-implementation", help="another protocol/fhirpath_native.py, with --evaluator native")
+    parser.add_argument("--fhirpathpy-runs", type=int, default=10, help="evaluations measured with plain fhirpathpy (0: none)")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose engine is measured")
     args = parser.parse_args(argv)
 
-    fhirpath = _load_fhirpath(args.implementation)
-    evaluator = _evaluator(fhirpath, args)
-    print(f"evaluator: {type(evaluator).__module__}.{type(evaluator).__name__}")
+    fhirpath, terminology = _load_fhirpath(args.root)
+    evaluator = fhirpath.default_evaluator()
+    plain = _Plain()
+    print(f"evaluator: {type(evaluator).__module__}.{type(evaluator).__name__} ({args.root})")
     ctx = fhirpath.EvaluationContext(now=NOW, member_of=lambda coding, url: False, resolve=lambda reference: None)
-    print(f"{'case':40} {'median ms':>10} {'p99 ms':>10}   result")
+    print(f"{'case':40} {'median ms':>10} {'p99 ms':>10} {'fhirpathpy ms':>12}   result")
     for label, source, env in _cases(evaluator):
         compiled = evaluator.compile(source)
         samples, result = _measure(lambda compiled=compiled, env=env: compiled(env, ctx), args)
+        plain_env = {name: [_plain_json(v) for v in (value if isinstance(value, list) else [value])] for name, value in env.items()}
+        plain_samples = _measure_plain(lambda source=source, plain_env=plain_env: plain.evaluate(source, plain_env), args)
         shown = [evaluator.to_json(item) for item in result]
         if shown and isinstance(shown[0], dict):
             shown = [item.get("id") for item in shown]
-        _report(label, samples, shown)
+        _report(label, samples, plain_samples, shown)
 
     def show(values: dict[str, list]) -> dict[str, list]:
         return {name: [evaluator.to_json(item) for item in value] for name, value in values.items()}
 
     variables, inputs = _library_case(evaluator)
+    library = json.loads((CONTENT / "Library-back-spasm-logic.json").read_text())
+    sources = {ext["valueExpression"]["name"]: ext["valueExpression"]["expression"]
+               for ext in library.get("extension", []) if ext.get("url", "").endswith("/variable")}
     library_ctx = fhirpath.EvaluationContext(
-        now=NOW, member_of=_terminology().member_of, resolve=lambda reference: None
+        now=NOW, member_of=_terminology(terminology).member_of, resolve=lambda reference: None
     )
     samples, values = _measure(lambda: _evaluate_library(variables, inputs, library_ctx), args)
-    _report(f"all {len(variables)} Library variables", samples, show({"phase": values["phase"]}))
+    plain_samples = _measure_plain(lambda: _plain_library(plain, variables, sources, inputs), args)
+    _report(f"all {len(variables)} Library variables", samples, plain_samples, show({"phase": values["phase"]}))
 
     decision = ("inScope", "proposeCyclobenzaprine")
     no_spasm = {**inputs, "spasmConditions": []}
     for label, patient in (("on demand: decision, back spasm", inputs), ("on demand: decision, no spasm", no_spasm)):
         samples, values = _measure(lambda p=patient: _on_demand(variables, p, library_ctx, decision), args)
-        _report(label, samples, show(values))
+        _report(label, samples, None, show(values))
+    if plain.errors:
+        print(f"(plain fhirpathpy raised {plain.errors} times; those evaluations count as empty)")
     return 0
 
 
