@@ -84,7 +84,7 @@ def _single_date_time(items: list, function: str) -> _DateTime | None:
 
 
 def _fn_boundary(high: bool) -> Callable[[Compiling, list], _Run]:
-    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (protocol.engine.fhirpath._boundary_text)."""
+    """lowBoundary([precision]) / highBoundary([precision]) of a Date or DateTime (datetimes._boundary_text)."""
     name = "highBoundary" if high else "lowBoundary"
 
     def build(compiler: Compiling, params: list) -> _Run:
@@ -108,7 +108,7 @@ def _fn_boundary(high: bool) -> Callable[[Compiling, list], _Run]:
 
 
 def _fn_interval(whole: bool) -> Callable[[Compiling, list], _Run]:
-    """duration(value, precision) / difference(value, precision) (protocol.engine.fhirpath._interval)."""
+    """duration(value, precision) / difference(value, precision) (datetimes._interval)."""
     name = "duration" if whole else "difference"
 
     def build(compiler: Compiling, params: list) -> _Run:
