@@ -21,6 +21,7 @@ from protocol.engine.apply import Engine
 from service import create_app, state_of
 from service.config import Settings
 from tests.patients import CLOCK, DATA, Patient
+from tests.storage_backends import service_database
 
 CAPTURES = DATA / "sandbox-requests"
 
@@ -43,8 +44,11 @@ def shared_engine() -> Engine:
 
 
 def make_app(tmp_dir: Path, clock: Any = None, **overrides: Any):
-    """An application with its own SQLite file under ``tmp_dir`` and the fixed test clock."""
-    settings = Settings.load(environ={}, overrides={"database": str(Path(tmp_dir) / "cds.sqlite"), **overrides})
+    """An application with a database of its own (an SQLite file under ``tmp_dir``, or a fresh PostgreSQL schema with
+    BACK_SPASM_CDS_TEST_DATABASE=postgresql: see tests.storage_backends) and the fixed test clock."""
+    if "database" not in overrides:
+        overrides["database"] = service_database(tmp_dir)
+    settings = Settings.load(environ={}, overrides=overrides)
     moment = clock or CLOCK
     return create_app(settings, engine=shared_engine(), clock=lambda: moment)
 
