@@ -80,6 +80,12 @@ from datetime import datetime
 from service import create_app
 from service.config import Settings
 app = create_app(Settings.load(), clock=lambda: datetime.fromisoformat("{CLOCK}"))
+try:  # as serve does: warm before forking, and in each worker after (POST_FORK)
+    from service.cds_hooks.hooks import warm_up
+except ImportError:  # a version without it
+    warm_up = None
+if warm_up is not None:
+    warm_up(app)
 gc.collect()
 gc.freeze()
 '''
@@ -95,6 +101,18 @@ def replay(engine, calls, now):
 
 service.cds_hooks.hooks.run_calls = replay
 gc.collect()""")
+
+
+#: gunicorn settings of the service's servers: each worker warms up after it forks, as under serve.
+POST_FORK = '''
+import sys
+
+
+def post_fork(server, worker):
+    warm_up = getattr(sys.modules["{module}"], "warm_up", None)
+    if warm_up is not None:
+        warm_up(sys.modules["{module}"].app)
+'''
 
 
 def free_port() -> int:
@@ -131,8 +149,9 @@ def body() -> bytes:
 def start(module_text: str, name: str, port: int, workdir: Path, env: dict, args: argparse.Namespace) -> subprocess.Popen:
     """A gunicorn server of the app in ``module_text`` on ``port``, with the benchmark's worker settings."""
     (workdir / f"{name}.py").write_text(module_text)
+    (workdir / f"{name}_conf.py").write_text(POST_FORK.format(module=name) if "create_app" in module_text else "")
     command = [sys.executable, "-m", "gunicorn", f"{name}:app", "-b", f"127.0.0.1:{port}", "-k", args.worker_class, "-w", str(args.workers),
-               "--threads", str(args.threads), "--preload", "--log-level", "warning"]
+               "--threads", str(args.threads), "--preload", "--log-level", "warning", "-c", str(workdir / f"{name}_conf.py")]
     log = open(workdir / f"{name}.log", "wb")
     process = subprocess.Popen(command, cwd=workdir, env=dict(env, BACK_SPASM_CDS_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}"),
                                stdout=subprocess.DEVNULL, stderr=log)

@@ -1,7 +1,8 @@
 """Serving the application under gunicorn, configured from the settings (``back-spasm-cds serve``).
 
-The protocol is loaded and compiled once in the master process before the workers fork (preload), so every
-worker answers its first request at full speed and shares the compiled content's memory.
+The protocol is loaded and compiled once in the master process before the workers fork (preload), and every
+worker runs one made-up call of each service after it forks (``warm_up``), so that it answers its first request at
+full speed; the workers share the compiled content's memory.
 
 Two things gunicorn would otherwise do its own way are made to match the rest of the service:
 - errors gunicorn answers itself, before the application sees the request (a request line or headers too long,
@@ -29,6 +30,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.exceptions import BadRequest
 
 from service import create_app, state_of
+from service.cds_hooks.hooks import warm_up
 from service.config import Settings
 from service.errors import outcome
 
@@ -218,6 +220,7 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
     app = create_app(settings)
     if settings.worker_class == "gevent":
         _database_calls_in_threads(app)
+    warm_up(app)  # here, so what it loads is shared by the workers; and in each worker after it forks (post_fork)
     # Everything loaded so far (compiled protocol, models) lives as long as the process: keep it out of the
     # garbage collector's scans, and shared copy-on-write between the forked workers.
     gc.collect()
@@ -229,6 +232,7 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
         "threads": settings.threads,
         "worker_connections": settings.worker_connections,
         "preload_app": True,
+        "post_fork": lambda server, worker: warm_up(app),
         "timeout": 30,
         "graceful_timeout": 10,
         "keepalive": 5,

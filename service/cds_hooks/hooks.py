@@ -14,8 +14,10 @@ from service.cds_hooks.cards import CardBuilder, override_reason_codes, response
 from protocol.engine.apply import ApplyError, ApplyTimeout, Deadline, TooMuchData
 from service.errors import BadRequest, NotFound, ServiceError
 from service.cds_hooks.feedback import check_against_issued, parse_feedback
-from service.cds_hooks.hook_request import check_hook_request, normalise_request, read_json_body
+from service.cds_hooks.hook_request import check_hook_request, normalise_request, parse_body, read_json_body
 from service.cds_hooks.prefetch import gather
+from protocol.engine.paths import element_info
+from protocol.engine.requirements import data_requirements
 from service.urls import fhir_base
 
 bp = Blueprint("cds", __name__)
@@ -85,7 +87,11 @@ def bounded_work_error(exc: ApplyError, settings: Any) -> ServiceError | None:
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    """A hook call: check the request, complete the prefetch, apply the plan, answer with cards."""
+    """A hook call: check the request, complete the prefetch, apply the plan, answer with cards.
+
+    The parsed request and what was built from it are let go of once the answer has been sent (``call_on_close``):
+    freeing a large prefetch's thousands of objects is work the client need not wait for.
+    """
     state = _state()
     started = time.monotonic()
     service = _service(service_id)
@@ -119,7 +125,9 @@ def call_service(service_id: str) -> Response:
                  "cards_ms": (time.monotonic() - applied) * 1000}
     g.cards = len(cards)
     g.ignored_resources = max((r.ignored_resources for r in results), default=0)
-    return Response(orjson.dumps(response(cards)), mimetype="application/json")
+    answer = Response(orjson.dumps(response(cards)), mimetype="application/json")
+    answer.call_on_close([body, context, data, calls, results, cards].clear)
+    return answer
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -132,3 +140,70 @@ def feedback(service_id: str) -> Response:
     check_against_issued(items, issued, lambda action_id: override_reason_codes(state.engine.content, action_id))
     stored = state.store.record_feedback(service.id, items, retention_days=state.settings.retention_days)
     return jsonify({"received": len(items), "stored": stored})
+
+
+def warm_up(app: Any) -> None:
+    """Run one call of every service through the whole path but HTTP, auth and storage: parse, checks, prefetch,
+    $apply and cards, on a made-up patient with one resource for each code filter of the plan's data requirements
+    (the first code of its ValueSet, dated now), and the first of its MedicationRequests as a draft order.
+
+    For gunicorn to call in each worker after it forks (and once before, in the master): what a first call would
+    otherwise pay (lazy imports and caches, the pages of the compiled protocol the worker shares with the master
+    and copies when it first touches them) is paid before the worker takes a request. Nothing is stored or logged.
+    """
+    records = app.extensions.setdefault("back_spasm_cds_warm_up", {})  # made once (in the master), used in every worker
+    with app.test_request_context("/cds-services"):  # card links are written against the request's URL in development
+        state = app.extensions["back_spasm_cds"]
+        for service in state.services.values():
+            if service.id not in records:
+                records[service.id] = _made_up_record(state.engine, service.plan, state.clock().isoformat())
+            _warm_up_call(state, service, records[service.id])
+
+
+def _warm_up_call(state: Any, service: Any, resources: list[dict[str, Any]]) -> None:
+    now = state.clock()
+    drafts = [dict(r, id=f"draft-{r['id']}", status="draft", intent="order") for r in resources if r["resourceType"] == "MedicationRequest"][:1]
+    context: dict[str, Any] = {"patientId": "warm-up", "userId": "Practitioner/warm-up"}
+    if service.hook != "patient-view":
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": d} for d in drafts]}
+    if service.hook == "order-select":
+        context["selections"] = [f"MedicationRequest/{d['id']}" for d in drafts[:1]]
+    prefetch: dict[str, Any] = {}
+    for key, template in service.prefetch.items():
+        rtype = template.split("?")[0].split("/")[0]
+        matches = [{"resource": r} for r in resources if r["resourceType"] == rtype]
+        prefetch[key] = {"resourceType": "Patient", "id": "warm-up"} if key == "patient" else \
+            {"resourceType": "Bundle", "type": "searchset", "total": len(matches), "entry": matches}
+    body = parse_body(orjson.dumps({"hook": service.hook, "hookInstance": "warm-up", "context": context, "prefetch": prefetch}))
+    check_hook_request(body, service.hook)
+    request_context = hook_context(normalise_request(body))
+    data, _ = gather(service.prefetch, body, state.settings, time.monotonic(), None, request_context.drafts)
+    calls = calls_for_hook(state.engine, request_context, plan=service.plan, data=data)
+    builder = CardBuilder(state.engine.content, state.page_url)
+    for call, result in zip(calls, run_calls(state.engine, calls, now)):
+        orjson.dumps(response(builder.cards(result, about=call.draft_order)[0]))
+
+
+def _made_up_record(engine: Any, plan: Any, now: str) -> list[dict[str, Any]]:
+    """One resource of the patient ``warm-up`` per code filter of the plan's data requirements: coded with the first
+    code of the filter's ValueSet, at the filter's path (a choice element as its CodeableConcept), dated ``now``."""
+    resources = []
+    for requirement in data_requirements(engine.content, plan.resource):
+        rtype = requirement.get("type")
+        for code_filter in requirement.get("codeFilter") or []:
+            url, path = code_filter.get("valueSet"), code_filter.get("path") or "code"
+            codes = engine.content.terminology.code_index(url) if isinstance(url, str) and url in engine.content.terminology else {}
+            code, systems = next(iter(codes.items()), (None, ()))
+            if not isinstance(rtype, str) or code is None:
+                continue
+            info = element_info(rtype, path)
+            concept = {"coding": [{"system": sorted(systems)[0], "code": code}]}
+            resource: dict[str, Any] = {"resourceType": rtype, "id": f"warm-up-{len(resources)}", "status": "active",
+                                        "subject": {"reference": "Patient/warm-up"},
+                                        path if info else f"{path}CodeableConcept": [concept] if info and info[1] else concept}
+            for date_filter in requirement.get("dateFilter") or []:
+                name = date_filter.get("path")
+                if isinstance(name, str):
+                    resource[name if element_info(rtype, name) else f"{name}DateTime"] = now
+            resources.append(resource)
+    return resources
