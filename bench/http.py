@@ -20,7 +20,8 @@ With ``--instances N`` only the service runs, as N servers on the one database, 
 them (client i to server i mod N): reported are the latencies over all and the requests per second of each
 instance.
 
-Also reported for each server: its first request after start (a fresh connection, before any warm-up), the
+``CPU ms`` is the CPU time the server's workers used per call (from /proc): unlike the latencies, other work on a
+shared machine hardly moves it. Also reported for each server: its first request after start (a fresh connection, before any warm-up), the
 slowest of the first ``2 x workers`` requests each on a fresh connection (each worker's first, whichever worker
 takes it), and the largest RSS of its workers after the run.
 
@@ -245,6 +246,20 @@ def largest_rss(process: subprocess.Popen) -> float:
     return max((rss_mb(pid) or 0.0 for pid in workers(process.pid)), default=0.0)
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """CPU time (user and system) its workers have used so far: on a shared machine, the cost of a call that other
+    people's work does not inflate as it does the wall-clock latency."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in workers(process.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per server per round and concurrency")
@@ -287,9 +302,9 @@ def main() -> None:
                   f"{args.rounds} rounds; database {'PostgreSQL' if (args.database or '').startswith('postgres') else 'SQLite'}; "
                   f"{'a fresh JWT on every call' if args.jwt else 'no JWT'}")
             if args.instances:
-                measure_instances(args, ports, payload, pem)
+                measure_instances(args, ports, servers, payload, pem)
             else:
-                measure_side_by_side(args, ports, payload, pem)
+                measure_side_by_side(args, ports, servers, payload, pem)
             print(f"{'server':>11} {'first ms':>9} {'firsts max':>11} {'RSS MB':>7}")
             for name, timings in firsts.items():
                 print(f"{name:>11} {timings[0] * 1000:>9.2f} {max(timings) * 1000:>11.2f} {largest_rss(servers[name]):>7.1f}")
@@ -300,40 +315,49 @@ def main() -> None:
                 server.wait(timeout=15)
 
 
-def measure_side_by_side(args: argparse.Namespace, ports: dict[str, int], payload: bytes, pem: bytes | None) -> None:
-    """The service (and no-engine) against the bare endpoint at each concurrency: p50, p99, requests/s and ratios."""
-    print(f"{'c':>3} {'endpoint':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+def measure_side_by_side(args: argparse.Namespace, ports: dict[str, int], servers: dict[str, subprocess.Popen], payload: bytes,
+                         pem: bytes | None) -> None:
+    """The service (and no-engine) against the bare endpoint at each concurrency: p50, p99, requests/s, the workers' CPU
+    time per call, and the ratios."""
+    print(f"{'c':>3} {'endpoint':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'CPU ms':>7}")
     for concurrency in (int(c) for c in args.concurrency.split(",")):
-        collected: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in ports}
+        collected: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name in ports}
         for _ in range(args.rounds):
             for name, port in ports.items():
+                used = cpu_seconds(servers[name])
                 timings, rates = load([port], payload, args.requests, concurrency, pem)
                 collected[name][0].extend(timings)
                 collected[name][1].append(rates[0])
+                collected[name][2].append((cpu_seconds(servers[name]) - used) / len(timings))
         summary = {}
-        for name, (timings, rates) in collected.items():
-            summary[name] = (statistics.median(timings) * 1000, percentile(timings, 0.99) * 1000, statistics.mean(rates))
-            print(f"{concurrency:>3} {name:>11} {summary[name][0]:>8.2f} {summary[name][1]:>8.2f} {summary[name][2]:>7.0f}")
+        for name, (timings, rates, cpu) in collected.items():
+            summary[name] = (statistics.median(timings) * 1000, percentile(timings, 0.99) * 1000, statistics.mean(rates),
+                             statistics.mean(cpu) * 1000)
+            print(f"{concurrency:>3} {name:>11} {summary[name][0]:>8.2f} {summary[name][1]:>8.2f} {summary[name][2]:>7.0f} {summary[name][3]:>7.2f}")
         b = summary["bare"]
         for name in (n for n in summary if n != "bare"):
             s = summary[name]
             label = "ratio" if name == "service" else f"{name}/b"
-            print(f"{concurrency:>3} {label:>11} {s[0] / b[0]:>8.2f} {s[1] / b[1]:>8.2f} {s[2] / b[2]:>7.2f}")
+            print(f"{concurrency:>3} {label:>11} {s[0] / b[0]:>8.2f} {s[1] / b[1]:>8.2f} {s[2] / b[2]:>7.2f} {s[3] / b[3]:>7.2f}")
 
 
-def measure_instances(args: argparse.Namespace, ports: dict[str, int], payload: bytes, pem: bytes | None) -> None:
-    """N service instances on one database, the clients spread over them: p50, p99, requests/s over all and of each."""
-    print(f"{'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}  req/s per instance")
+def measure_instances(args: argparse.Namespace, ports: dict[str, int], servers: dict[str, subprocess.Popen], payload: bytes,
+                      pem: bytes | None) -> None:
+    """N service instances on one database, the clients spread over them: p50, p99, requests/s over all and of each,
+    and the workers' CPU time per call."""
+    print(f"{'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'CPU ms':>7}  req/s per instance")
     for concurrency in (int(c) for c in args.concurrency.split(",")):
         timings: list[float] = []
         rates: list[list[float]] = []
+        used = sum(cpu_seconds(s) for s in servers.values())
         for _ in range(args.rounds):
             more, per_port = load(list(ports.values()), payload, args.requests, concurrency, pem)
             timings.extend(more)
             rates.append(per_port)
+        cpu = (sum(cpu_seconds(s) for s in servers.values()) - used) / len(timings)
         per_instance = [statistics.mean(r[i] for r in rates) for i in range(len(ports))]
         print(f"{concurrency:>3} {statistics.median(timings) * 1000:>8.2f} {percentile(timings, 0.99) * 1000:>8.2f} "
-              f"{sum(per_instance):>7.0f}  {', '.join(f'{name} {rate:.0f}' for name, rate in zip(ports, per_instance))}")
+              f"{sum(per_instance):>7.0f} {cpu * 1000:>7.2f}  {', '.join(f'{name} {rate:.0f}' for name, rate in zip(ports, per_instance))}")
 
 
 if __name__ == "__main__":
