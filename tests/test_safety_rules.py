@@ -7,12 +7,13 @@ its urgency and its suggestion, including the exact boundaries the protocol sets
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
 import pytest
 
 from tests.cds_support import (
-    VS, cards, engine, find, get, medication_codes, quantity, resources, review, rule_codes, text_of, view,
+    REVIEW, VS, cards, engine, find, get, medication_codes, quantity, resources, review, rule_codes, text_of, view,
 )
 from tests.patients import (
     ACUTE_MI, ALCOHOLIC_CIRRHOSIS_ICD, AMITRIPTYLINE, ATRIAL_FIBRILLATION, AV_BLOCK, CHRONIC_HEPATITIS_C, CIRRHOSIS, CLOCK,
@@ -613,6 +614,18 @@ def test_a_draft_is_recognised_by_its_code_not_its_text(engine):
     coded_only = patient.draft_medication(CYCLOBENZAPRINE_5)
     coded_only["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": CYCLOBENZAPRINE_5[1]}]}
     assert "draft-maoi" in cards(review(engine, patient, coded_only))
+
+
+def test_a_draft_sent_twice_as_separate_copies_still_resolves_its_contained_medication(engine):
+    """A client may put the draft both in the data and in the draftOrder parameter, as two copies of the same JSON:
+    the parameter's ``#m`` must resolve in its own copy, or the draft is not seen as cyclobenzaprine at all."""
+    patient = base()
+    patient.medication(PHENELZINE)
+    draft = patient.draft_medication(CYCLOBENZAPRINE_5, shape="contained", draft_id="rx-copied")
+    in_data, in_parameter = copy.deepcopy(draft), copy.deepcopy(draft)
+    result = engine.apply(REVIEW, [*patient.resources, in_data], CLOCK, patient.id,
+                          parameters={"draftOrder": in_parameter, "draftOrders": [in_parameter]})
+    assert "draft-maoi" in cards(result)
 
 
 def test_an_unrelated_draft_order_gets_no_cards(engine):

@@ -86,6 +86,8 @@ class Record:
         if rtype == "OperationOutcome":
             self.outcomes.append(resource)
             return
+        if isinstance(resource.get("contained"), list):  # every copy: each one's "#id" resolves in its own contained list
+            _index_local_references(resource, resource, self._container)
         rid = resource.get("id")
         key = f"{rtype}/{rid}" if isinstance(rid, str) else None
         if key is not None and key in self._by_ref:
@@ -95,8 +97,6 @@ class Record:
             self._by_ref[key] = resource
         if full_url:
             self._by_ref.setdefault(full_url, resource)
-        if isinstance(resource.get("contained"), list):
-            _index_local_references(resource, resource, self._container)
 
     # -- lookups -----------------------------------------------------------------------------------
     def of_type(self, resource_type: str) -> list[Mapping[str, Any]]:
