@@ -123,7 +123,6 @@ def _truth(result: list) -> bool:
             value = value.data
             if value is True or value is False:
                 return value
-        return True
     return True
 
 
