@@ -104,6 +104,10 @@ service.cds_hooks.hooks.run_calls = replay
 gc.collect()""")
 
 
+#: Time a server is given, once it accepts connections, for its workers to finish starting (the service's warm up
+#: after forking is part of starting, not of its first request).
+STARTING_SECONDS = 3.0
+
 #: gunicorn settings of the service's servers: each worker warms up after it forks, as under serve.
 POST_FORK = '''
 import sys
@@ -295,6 +299,7 @@ def main() -> None:
             firsts = {}
             for name, port in ports.items():  # one at a time, so each first request has the machine to itself
                 servers[name] = start(apps[name], f"app_{port}", port, workdir, env, args)
+                time.sleep(STARTING_SECONDS)
                 firsts[name] = first_requests(port, payload, 2 * args.workers, pem)
             for port in ports.values():  # warm up every worker
                 load([port], payload, 40, 4, pem)
