@@ -37,11 +37,37 @@ from protocol.engine.fhirpath.navigation import (
     _resource_type_of,
     _type_filter,
 )
-from protocol.engine.fhirpath.operators import _OPERATORS, _logical_chain, _op_equal_text
-from protocol.engine.fhirpath.parser import _identifier_text, _parse_checked, number_literal, quantity_literal, string_literal
-from protocol.engine.fhirpath.runtime import _data, _EnvFailure, _is_extension_only, _is_number, _Run, _State, _Undefined
-from protocol.engine.fhirpath.types import _Types, _type_specifier
-from protocol.engine.fhirpath.values import UCUM, DateTime, Node, Quantity, Time, _to_json, _type_name
+from protocol.engine.fhirpath.operators import (
+    _OPERATORS,
+    _logical_chain,
+    _op_equal_text,
+)
+from protocol.engine.fhirpath.parser import (
+    _identifier_text,
+    _parse_checked,
+    number_literal,
+    quantity_literal,
+    string_literal,
+)
+from protocol.engine.fhirpath.runtime import (
+    _data,
+    _EnvFailure,
+    _is_extension_only,
+    _is_number,
+    _Run,
+    _State,
+    _Undefined,
+)
+from protocol.engine.fhirpath.types import _type_specifier, _Types
+from protocol.engine.fhirpath.values import (
+    UCUM,
+    DateTime,
+    Node,
+    Quantity,
+    Time,
+    _to_json,
+    _type_name,
+)
 
 _new = object.__new__
 # ---------------------------------------------------------------- the compiler

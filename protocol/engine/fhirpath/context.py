@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, timezone, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 
 class FhirPathSyntaxError(ValueError):
     """The expression does not parse, or calls an unknown function / wrong arity / invalid date literal."""
@@ -78,14 +79,14 @@ def time_zone(value: str | tzinfo | None) -> tzinfo:
     unknown or malformed name is a ValueError that names it.
     """
     if value is None:
-        return timezone.utc
+        return UTC
     if isinstance(value, tzinfo):
         return value
     if not isinstance(value, str):
         raise TypeError(f"a time zone is an IANA name such as Europe/Paris, got {value!r}")
     name = value.strip()
     if name.upper() == "UTC":
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -43,7 +43,6 @@ class _DateTime(NamedTuple):
         if len(keys) == 6 and seconds is not None:
             keys[5] = Decimal(keys[5]) + (seconds - int(seconds))
         return tuple(keys)
-
 
 
 def _fields_text(fields: Sequence[int], count: int) -> str:
@@ -110,7 +109,6 @@ _UNIT_SECONDS = {
     "second": 1,
     "millisecond": Decimal("0.001"),
 }
-
 
 
 def _shifted_datetime_text(value: _DateTime, quantity: Any, sign: int) -> str:
@@ -274,7 +272,7 @@ def _microseconds(value: _DateTime) -> int:
 def _instant(value: _DateTime, zone: tzinfo) -> datetime:
     """The UTC instant a date/time with a time part starts at (no offset written: local time in the zone)."""
     padded = list(value.fields) + [0] * (6 - len(value.fields))
-    written = datetime(*padded, _microseconds(value), tzinfo=timezone.utc)
+    written = datetime(*padded, _microseconds(value), tzinfo=UTC)
     return written - timedelta(minutes=_assumed_offset(value, zone))
 
 
@@ -305,7 +303,7 @@ def _local_floor(instant: datetime, unit: str, zone: tzinfo) -> datetime:
         local = local.replace(microsecond=0)
     else:
         local = local.replace(microsecond=local.microsecond // 1000 * 1000)
-    return local.astimezone(timezone.utc)
+    return local.astimezone(UTC)
 
 
 def _add_months(moment: datetime, months: int) -> datetime:
@@ -389,7 +387,6 @@ def _interval(start: _DateTime, end: _DateTime, precision: str, zone: tzinfo, wh
     return _whole_periods(a, b, unit) if a <= b else -_whole_periods(b, a, unit)
 
 
-
 _CALENDAR_TO_UCUM = {
     "year": "a",
     "month": "mo",
@@ -416,7 +413,6 @@ def _datetime_text(text: str) -> str:
     time_part = rest[: len(rest) - len(parsed.zone or "")]
     time_part += ":00" * (3 - len(time_part.split(":")))
     return f"{date_part}T{time_part}{parsed.zone or ''}"
-
 
 
 def _valid_datetime_text(text: str) -> bool:

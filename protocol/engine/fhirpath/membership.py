@@ -9,6 +9,7 @@ from typing import Any
 
 from protocol.engine.fhirpath.runtime import _State
 from protocol.engine.fhirpath.values import DateTime, Node, Quantity, Time
+
 # ---------------------------------------------------------------- membership by key
 #
 # `in`, `contains`, intersect(), exclude(), subsetOf() and supersetOf() ask whether a collection holds an item

@@ -21,12 +21,17 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from protocol.engine.fhirpath.datetimes import _compare_times, _parse_time, _shifted_time_text
+from protocol.engine.fhirpath.datetimes import (
+    _compare_times,
+    _parse_time,
+    _shifted_time_text,
+)
 from protocol.engine.fhirpath.membership import _holds
 from protocol.engine.fhirpath.runtime import (
     _as_quantity,
     _boolean_operand,
     _compare_datetimes,
+    _constant_of,
     _data,
     _date_like_for_arithmetic,
     _datetime_pair,
@@ -35,7 +40,6 @@ from protocol.engine.fhirpath.runtime import (
     _number_data,
     _number_of,
     _number_operand,
-    _constant_of,
     _Run,
     _shifted,
     _State,
@@ -46,7 +50,16 @@ from protocol.engine.fhirpath.runtime import (
     _without_extension_twin,
 )
 from protocol.engine.fhirpath.types import _Types
-from protocol.engine.fhirpath.values import _NOT_PLAIN_TEXT_PATHS, DateTime, Node, Quantity, Time, _in_base_unit, _quantity_values, _ucum_code
+from protocol.engine.fhirpath.values import (
+    _NOT_PLAIN_TEXT_PATHS,
+    DateTime,
+    Node,
+    Quantity,
+    Time,
+    _in_base_unit,
+    _quantity_values,
+    _ucum_code,
+)
 
 # ---------------------------------------------------------------- equality and ordering
 
@@ -415,8 +428,6 @@ def _op_additive(sign: int) -> Callable[[_Run, _Run], _Run]:
         return additive
 
     return build
-
-
 
 
 def _op_multiplicative(compute: Callable[[Any, Any], Any]) -> Callable[[_Run, _Run], _Run]:

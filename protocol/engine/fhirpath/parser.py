@@ -17,6 +17,7 @@ from protocol.engine.fhirpath.context import FhirPathSyntaxError
 from protocol.engine.fhirpath.datetimes import _parse_time, _valid_datetime_text
 from protocol.engine.fhirpath.functions import ARITIES
 
+
 class _RaisingErrorListener(ErrorListener):
     """Turns the first lexer/parser error into FhirPathSyntaxError (antlr would recover silently)."""
 
@@ -91,8 +92,6 @@ def _identifier_text(node: dict) -> str:
     return re.sub(r'(^"|"$)', "", node["text"])
 
 
-
-
 def _parse_checked(expression: str) -> tuple[dict, frozenset[str]]:
     """The parse tree of an expression and its %variable names, after every compile-time check.
 
@@ -104,7 +103,6 @@ def _parse_checked(expression: str) -> tuple[dict, frozenset[str]]:
     if not root.get("children"):
         raise FhirPathSyntaxError(f"empty expression {expression!r}")
     return root, _inspect(root, expression)
-
 
 
 # ---------------------------------------------------------------- literals

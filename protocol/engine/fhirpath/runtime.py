@@ -19,7 +19,15 @@ from protocol.engine.fhirpath.datetimes import (
     _shifted_datetime_text,
     _TimeOfDay,
 )
-from protocol.engine.fhirpath.values import _TEMPORAL_PATHS, UCUM, DateTime, Node, Quantity, Time
+from protocol.engine.fhirpath.values import (
+    _TEMPORAL_PATHS,
+    UCUM,
+    DateTime,
+    Node,
+    Quantity,
+    Time,
+)
+
 
 class _Undefined(Exception):
     """%name is not defined (an evaluation error naming it)."""
@@ -313,6 +321,7 @@ def _typed_time(item: Any) -> _TimeOfDay | None:
         return _parse_time(item.data)
     return None
 
+
 _number_operand = _number_argument  # an operand of * / div mod is checked like a Number argument
 
 
@@ -345,7 +354,6 @@ def _number_of(run: _Run, data: list, st: _State) -> Any:
         if t is int or t is Decimal:
             return value
     return _number_operand(values)
-
 
 
 class Compiling(Protocol):

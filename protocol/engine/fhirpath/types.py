@@ -8,7 +8,6 @@ from typing import Any
 
 from protocol.engine.fhirpath.values import DateTime, Node, Quantity, Time
 
-
 _TYPE_TESTS_LIMIT = 4096
 
 

@@ -183,7 +183,6 @@ def _to_json(value: Any) -> Any:
     return str(value)
 
 
-
 def _type_name(value: Any) -> str | None:
     """FHIR type of one result item (to fill a choice element such as medication[x])."""
     t = type(value)

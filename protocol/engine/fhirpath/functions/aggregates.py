@@ -11,6 +11,7 @@ from protocol.engine.fhirpath.operators import _add, _order
 from protocol.engine.fhirpath.runtime import Compiling, _number_data, _Run, _State
 from protocol.engine.fhirpath.values import Quantity
 
+
 def _fn_aggregate(compiler: Compiling, params: list) -> _Run:
     step = compiler.expression(params[0])
     initial = compiler.value(params[1]) if len(params) > 1 else None

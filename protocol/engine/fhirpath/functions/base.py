@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from protocol.engine.fhirpath.runtime import Compiling, _folded, _integer_argument, _number_argument, _Run, _State, _string_argument
+from protocol.engine.fhirpath.runtime import (
+    Compiling,
+    _folded,
+    _integer_argument,
+    _number_argument,
+    _Run,
+    _State,
+    _string_argument,
+)
 
 #: A function's builder: (the compiler, its parameter nodes) -> its closure run(input, state).
 Builder = Callable[[Compiling, list], _Run]

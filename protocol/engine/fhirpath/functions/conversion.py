@@ -7,10 +7,32 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from protocol.engine.fhirpath.datetimes import _UNIT_TO_CALENDAR, _parse_datetime, _parse_time
+from protocol.engine.fhirpath.datetimes import (
+    _UNIT_TO_CALENDAR,
+    _parse_datetime,
+    _parse_time,
+)
 from protocol.engine.fhirpath.functions.base import Entry, _fn_simple, arities
-from protocol.engine.fhirpath.runtime import Compiling, _as_quantity, _data, _is_number, _number_data, _Run, _State, _string_argument, _truth
-from protocol.engine.fhirpath.values import DateTime, Node, Quantity, Time, _in_base_unit, _ucum_code
+from protocol.engine.fhirpath.runtime import (
+    Compiling,
+    _as_quantity,
+    _data,
+    _is_number,
+    _number_data,
+    _Run,
+    _State,
+    _string_argument,
+    _truth,
+)
+from protocol.engine.fhirpath.values import (
+    DateTime,
+    Node,
+    Quantity,
+    Time,
+    _in_base_unit,
+    _ucum_code,
+)
+
 
 def _fn_iif(compiler: Compiling, params: list) -> _Run:
     criterion, yes = compiler.expression(params[0]), compiler.expression(params[1])

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from protocol.engine.fhirpath.context import _STRIDE_MASK, _deadline_passed
-from protocol.engine.fhirpath.functions.base import Entry, _fn_simple, _fn_with_collection, arities
+from protocol.engine.fhirpath.functions.base import (
+    Entry,
+    _fn_simple,
+    _fn_with_collection,
+    arities,
+)
 from protocol.engine.fhirpath.functions.filtering import _fn_where
-from protocol.engine.fhirpath.membership import _PAIRWISE_LIMIT, _contains_item, _distinct, _index
+from protocol.engine.fhirpath.membership import (
+    _PAIRWISE_LIMIT,
+    _contains_item,
+    _distinct,
+    _index,
+)
 from protocol.engine.fhirpath.runtime import Compiling, _data, _Run, _State, _truth
+
 
 def _fn_exists(compiler: Compiling, params: list) -> _Run:
     if not params:

@@ -6,8 +6,15 @@ from collections.abc import Mapping
 
 from protocol.engine.fhirpath.functions.base import Entry, arities
 from protocol.engine.fhirpath.navigation import _resource_type_of
-from protocol.engine.fhirpath.runtime import Compiling, _data, _Run, _State, _string_argument
+from protocol.engine.fhirpath.runtime import (
+    Compiling,
+    _data,
+    _Run,
+    _State,
+    _string_argument,
+)
 from protocol.engine.fhirpath.values import Node
+
 
 def _fn_extension(compiler: Compiling, params: list) -> _Run:
     url = compiler.value(params[0])

@@ -6,10 +6,11 @@ from typing import Any
 
 from protocol.engine.fhirpath.context import _STRIDE_MASK, _deadline_passed
 from protocol.engine.fhirpath.functions.base import Entry, arities
-from protocol.engine.fhirpath.membership import _Membership, _member_key, _same
+from protocol.engine.fhirpath.membership import _member_key, _Membership, _same
 from protocol.engine.fhirpath.runtime import Compiling, _Run, _State, _truth
 from protocol.engine.fhirpath.types import _TYPE_TESTS_LIMIT, _type_specifier
 from protocol.engine.fhirpath.values import Node
+
 
 def _fn_where(compiler: Compiling, params: list) -> _Run:
     criterion = compiler.expression(params[0])

@@ -7,7 +7,13 @@ from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 from typing import Any
 
 from protocol.engine.fhirpath.functions.base import Entry, _fn_simple, arities
-from protocol.engine.fhirpath.runtime import Compiling, _number_argument, _Run, _single_number, _State
+from protocol.engine.fhirpath.runtime import (
+    Compiling,
+    _number_argument,
+    _Run,
+    _single_number,
+    _State,
+)
 
 # -- math
 

@@ -7,8 +7,20 @@ import binascii
 import re
 from typing import Any
 
-from protocol.engine.fhirpath.functions.base import Entry, _fn_nullable, _fn_simple, arities
-from protocol.engine.fhirpath.runtime import Compiling, _data, _Run, _single_string, _State, _string_argument
+from protocol.engine.fhirpath.functions.base import (
+    Entry,
+    _fn_nullable,
+    _fn_simple,
+    arities,
+)
+from protocol.engine.fhirpath.runtime import (
+    Compiling,
+    _data,
+    _Run,
+    _single_string,
+    _State,
+    _string_argument,
+)
 
 # -- strings
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.engine.fhirpath.functions.base import Entry, _fn_simple, _fn_with_collection, _fn_with_integer, arities
+from protocol.engine.fhirpath.functions.base import (
+    Entry,
+    _fn_simple,
+    _fn_with_collection,
+    _fn_with_integer,
+    arities,
+)
 from protocol.engine.fhirpath.membership import _PAIRWISE_LIMIT, _contains_item, _index
+
 
 def _single(data: list) -> list:
     if len(data) > 1:

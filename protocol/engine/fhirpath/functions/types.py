@@ -5,7 +5,8 @@ from __future__ import annotations
 from protocol.engine.fhirpath.functions.base import Entry, arities
 from protocol.engine.fhirpath.operators import _op_as, _op_is
 from protocol.engine.fhirpath.runtime import Compiling, _Run, _State
-from protocol.engine.fhirpath.types import _Types, _type_specifier
+from protocol.engine.fhirpath.types import _type_specifier, _Types
+
 
 def _fn_is(compiler: Compiling, params: list) -> _Run:
     namespace, name = _type_specifier(params[0]["text"])

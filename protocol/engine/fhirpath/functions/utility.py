@@ -23,6 +23,7 @@ from protocol.engine.fhirpath.values import DateTime, Time, _to_json
 
 _LOG = logging.getLogger("protocol.engine.fhirpath.trace")
 
+
 def _not(data: list) -> list:
     """not(): the negation of one boolean; empty for empty; any other single value false; several values an error."""
     if len(data) > 1:
