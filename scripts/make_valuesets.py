@@ -586,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write nothing; exit 1 listing the files that differ")
     args = parser.parse_args(argv)
 
+    if not (args.terminology / "clinical.json").is_file():
+        parser.error(f"--terminology {args.terminology}: no clinical.json there (the shared terminology folder, or "
+                     "tests/data/terminology in a clone without ../shared)")
     publication = json.loads(args.publication.read_text(encoding="utf-8"))
     valuesets = build_valuesets(args.terminology, publication, load_source(args.source))
     if args.check:
