@@ -45,17 +45,16 @@ OVERRIDE_SUFFIX = "/StructureDefinition/cds-override-reasons"
 ACTION_TYPES = {"create": "create", "update": "update", "remove": "delete"}
 #: The card extension (CDS Hooks 2.0 ``extension``, a namespaced key) naming the draft order a card is about.
 DRAFT_ORDER_EXTENSION = "org.example.back-spasm-cds.draft-order"
-#: Markdown's punctuation that can start emphasis, code, links, images, headings, tables or strikethrough.
-MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]#|~])")
+#: One pass over a line: HTML's ``& < >`` as entities, and markdown's punctuation that can start emphasis, code, links,
+#: images, headings, tables or strikethrough escaped.
+MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {c: "\\" + c for c in "\\`*_[]#|~"})
 #: What makes the start of a line a list item or a thematic break.
 LINE_START_MARKER = re.compile(r"^(\d{1,9}(?=[.)])|(?=[-+=]))")
 
 
 def markdown_text(text: Any) -> str:
     """Plain text as markdown that shows it literally: one line, ``& < >`` as entities, punctuation escaped."""
-    line = " ".join(str(text).split())
-    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    line = MARKDOWN_PUNCTUATION.sub(r"\\\1", line)
+    line = " ".join(str(text).split()).translate(MARKDOWN_ESCAPES)
     return LINE_START_MARKER.sub(r"\1\\", line)
 
 
