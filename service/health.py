@@ -20,6 +20,7 @@ def readyz() -> Response:
     checks = {"content": bool(state.services), "database": state.store.ready()}
     ready = all(checks.values())
     answer = jsonify({"status": "ready" if ready else "not ready", "checks": checks,
-                      "version": state.engine.content.publication["version"], "services": sorted(state.services)})
+                      "version": state.engine.content.publication["version"], "services": sorted(state.services),
+                      "protocols": {part.name: part.publication["version"] for part in state.engine.content.protocols}})
     answer.status_code = 200 if ready else 503
     return answer

@@ -131,6 +131,16 @@ def test_the_fhir_api_serves_the_artifacts_of_both_protocols(client):
                                                                      "physical-therapy-sessions"], "only its own artifacts"
 
 
+def test_data_requirements_and_readiness_speak_of_each_protocol_as_published(client):
+    """The second protocol's $data-requirements carries its own status, and /readyz names the version of each."""
+    first = json.loads((CONTENT_DIR / "publication.json").read_text(encoding="utf-8"))
+    assert first["status"] != PUBLICATION["status"], "the two fixtures must differ for this test to tell them apart"
+    answer = client.get("/fhir/PlanDefinition/physical-therapy-follow-up/$data-requirements").get_json()
+    assert answer["resourceType"] == "Library" and answer["status"] == PUBLICATION["status"]
+    ready = client.get("/readyz").get_json()
+    assert ready["protocols"] == {CONTENT_DIR.name: first["version"], SECOND.name: PUBLICATION["version"]}
+
+
 # -- the pages --------------------------------------------------------------------------------------------------------
 
 

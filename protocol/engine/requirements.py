@@ -143,7 +143,7 @@ def module_definition(content: Content, artifact: Json) -> Json:
     """The answer of ``$data-requirements`` on a PlanDefinition or Library: a ``module-definition`` Library holding
     the data requirements (code filters by ValueSet canonical, date filters), the parameters and the ``depends-on``
     related artifacts of the artifact."""
-    pub = content.publication
+    pub = content.publication_of(artifact)
     library: Json = {
         "resourceType": "Library",
         "id": f"{artifact['id']}-data-requirements",
