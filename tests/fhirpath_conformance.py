@@ -19,11 +19,9 @@ Command line::
 
     python tests/fhirpath_conformance.py [--evaluator NAME] [--failures] [--gaps FILE]
 
-NAME: ``project`` (default_evaluator(), as BACK_SPASM_CDS_FHIRPATH chooses), ``native``,
-``native-alone`` (native without its rerun by fhirpathpy after an error), ``fhirpathpy-corrected``
-(the project's fhirpathpy-based engine), ``fhirpathpy`` (plain fhirpathpy.evaluate, model r4: the
-reference the tests compare with) or ``fhirpathpy-published`` (plain fhirpathpy with each case's own
-model, none when it names none, as fhirpath-py's tests call it).  ``--gaps FILE`` writes the cases
+NAME: ``project`` (the project's one evaluator, ``default_evaluator()``), ``fhirpathpy`` (plain
+fhirpathpy.evaluate, model r4: the reference the tests compare with) or ``fhirpathpy-published`` (plain
+fhirpathpy with each case's own model, none when it names none, as fhirpath-py's tests call it).  ``--gaps FILE`` writes the cases
 plain fhirpathpy passes and the evaluator fails, with expression, expected and actual results.
 """
 
@@ -49,10 +47,6 @@ RESOURCES = DATA / "resources"
 EXPECTED_FAILURES_FILE = DATA / "expected-failures.json"
 
 Evaluate = Callable[..., list]
-
-#: The environment variable with which the project's default_evaluator() chooses its engine.
-ENGINE_VARIABLE = "BACK_SPASM_CDS_FHIRPATH"
-
 
 # ---------------------------------------------------------------- cases
 
@@ -272,19 +266,11 @@ def _project_context(fhirpath: Any) -> Any:
     )
 
 
-def make_project_evaluate(engine: str | None = None, *, rerun: bool = True) -> Evaluate:
-    """An adapter over the project's one evaluator, ``default_evaluator()``.
-
-    ``engine`` may name it (``native``, the compiled evaluator the project has); the project has no other
-    engine since its FHIRPath package has one evaluator, so any other name is a ValueError.  ``rerun`` is
-    accepted and ignored: no evaluation is done a second time.  ``delegated`` stays empty: nothing is handed
-    over.  A case's ``base`` type path types its input (``QuestionnaireResponse.item``).
-    """
+def make_project_evaluate() -> Evaluate:
+    """An adapter over the project's one evaluator, ``default_evaluator()``. A case's ``base`` type path types its
+    input (``QuestionnaireResponse.item``)."""
     fhirpath = project_fhirpath()
-    if engine not in (None, "native"):
-        raise ValueError(f"the project has one FHIRPath evaluator, not {engine!r}: use --evaluator project")
     evaluator = fhirpath.default_evaluator()
-    delegated: set[str] = set()
 
     def plain(item: Any) -> Any:
         kind = evaluator.type_name(item)
@@ -315,16 +301,13 @@ def make_project_evaluate(engine: str | None = None, *, rerun: bool = True) -> E
             found = evaluator.compile(options["context"])(dict(variables), ctx, focus)
             variables["context"] = found[0] if found else []
         compiled = evaluator.compile(expression)
-        if getattr(compiled, "native", True) is False:
-            delegated.add(expression)
         return [plain(item) for item in compiled(variables, ctx, focus)]
 
-    evaluate.delegated = delegated  # type: ignore[attr-defined]
     return evaluate
 
 
 def project_evaluate(expression: str, resource: Any, env: dict, **options: Any) -> list:
-    """The project's default evaluator (``default_evaluator()``, as BACK_SPASM_CDS_FHIRPATH chooses)."""
+    """The project's evaluator (``default_evaluator()``), made once."""
     global _PROJECT
     if _PROJECT is None:
         _PROJECT = make_project_evaluate()
@@ -337,12 +320,6 @@ _PROJECT: Evaluate | None = None
 def evaluator_named(name: str) -> Evaluate:
     if name == "project":
         return project_evaluate
-    if name == "native":
-        return make_project_evaluate("native")
-    if name == "native-alone":
-        return make_project_evaluate("native", rerun=False)
-    if name == "fhirpathpy-corrected":
-        return make_project_evaluate("fhirpathpy")
     if name == "fhirpathpy":
         return fhirpathpy_evaluate
     if name == "fhirpathpy-published":
@@ -374,7 +351,7 @@ def _short(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--evaluator", default="project", choices=("project", "native", "native-alone", "fhirpathpy-corrected", "fhirpathpy", "fhirpathpy-published"))
+    parser.add_argument("--evaluator", default="project", choices=("project", "fhirpathpy", "fhirpathpy-published"))
     parser.add_argument("--failures", action="store_true", help="list the failing case ids")
     parser.add_argument("--gaps", metavar="FILE", help="write the cases fhirpathpy passes and the evaluator fails")
     args = parser.parse_args(argv)
@@ -391,10 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     for group in totals:
         print(f"{group:36} {passes[group]:5}/{totals[group]}")
     print(f"{'total (' + args.evaluator + ')':36} {sum(passes.values()):5}/{len(outcomes)}   {seconds:.1f} s")
-    delegated = getattr(evaluate, "delegated", None)
-    if delegated and args.evaluator == "native-alone":
-        handed = [o for o, c in zip(outcomes, cases) if c["expression"] in delegated]
-        print(f"of these, {len(handed)} cases ({sum(o.passed for o in handed)} passed) were compiled by fhirpathpy as a whole")
     if args.failures:
         for outcome in outcomes:
             if not outcome.passed:
