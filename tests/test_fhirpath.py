@@ -53,9 +53,9 @@ from protocol.engine.fhirpath import (  # noqa: E402
 from protocol.engine.fhirpath.membership import _Membership  # noqa: E402
 from protocol.engine.apply import ApplyResult, Engine, ScopeView  # noqa: E402
 from protocol.engine.content import load_content  # noqa: E402
-from protocol.engine.logic import EXPRESSION_LANGUAGE  # noqa: E402
 from protocol.engine.output import careplan_r4  # noqa: E402
 from tests import patients as p  # noqa: E402
+from tests.fhirpath_crosscheck import content_expression_texts  # noqa: E402
 
 UCUM = "http://unitsofmeasure.org"
 SNOMED = "http://snomed.info/sct"
@@ -1799,23 +1799,8 @@ _EXPRESSIONS: list[str] = []
 
 def _content_expressions(content) -> list[str]:
     """Every FHIRPath expression of the content (Expression objects, including the Library's variables)."""
-    if _EXPRESSIONS:
-        return _EXPRESSIONS
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            if value.get("language") == EXPRESSION_LANGUAGE and isinstance(value.get("expression"), str):
-                found.append(value["expression"])
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    for resource in content.resources:
-        walk(resource)
-    _EXPRESSIONS.extend(sorted(set(found)))
+    if not _EXPRESSIONS:
+        _EXPRESSIONS.extend(sorted(content_expression_texts(content)))
     return _EXPRESSIONS
 
 
