@@ -18,6 +18,7 @@ from service.cds_hooks.calls import from_hook
 from service.config import Settings
 from service.fhir_api import PLAN_APPLY, _operation_parameters, from_operation, operation_definitions
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, SERTRALINE, Patient
+from tests.test_fhir_api import without_ids
 from tests.service_helpers import shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
@@ -110,18 +111,6 @@ def spasm_patient() -> Patient:
     patient.spasm(20)
     patient.physical_therapy("procedure", 12)
     return patient
-
-
-def without_ids(value):
-    """A result with its generated ids and uuids blanked."""
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: ("<id>" if k in ("id", "fullUrl") or (k == "reference" and str(v).startswith("urn:uuid:")) else walk(v))
-                    for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-    return walk(json.loads(json.dumps(value)))
 
 
 # -- each input reaches the expressions and the output --------------------------------------------------------------
