@@ -246,11 +246,17 @@ class ScopeView(Mapping):
         return name in self.extra or (isinstance(name, str) and self.scope.defines(name))
 
     def __getitem__(self, name: str) -> list:
+        """The value of a %variable: one walk up the scopes, computing a definition the first time it is read."""
         if name in self.extra:
             return self.extra[name]
-        if not self.scope.defines(name):
-            raise KeyError(name)
-        return self.scope.lookup(name)
+        scope: Scope | None = self.scope
+        while scope is not None:
+            if name in scope.values:
+                return scope.values[name]
+            if name in scope.definitions:
+                return scope.compute(name)
+            scope = scope.parent
+        raise KeyError(name)
 
     def __iter__(self):
         raise TypeError("the variables of an evaluation are read one by one")
