@@ -13,6 +13,7 @@ from protocol.engine.apply import Engine
 from protocol.engine.content import Content
 from protocol.engine.output import careplan_r4
 from protocol.engine.parameters import ApplyParameters, ParameterError, PrefetchData
+from protocol.engine.validation import validate_content
 from service import create_app
 from service.cds_hooks.calls import from_hook
 from service.config import Settings
@@ -132,6 +133,23 @@ def test_inputs_not_given_are_empty_to_the_expressions(client):
     assert answer.status_code == 200
     actions = {a["id"]: a for a in answer.json["contained"][0]["action"]}
     assert "description" not in actions["echo"] and "typed" not in actions
+
+
+def test_the_user_and_setting_inputs_are_always_defined_so_content_may_read_them(engine):
+    """Without the inputs, %userType and the others are empty, not undefined: an action reading them still applies,
+    whether the call comes from the operation or from a hook, and validate accepts content that reads them."""
+    reads = " and ".join(f"%{name}.empty()" for name in ("userType", "userLanguage", "userTaskContext", "setting", "settingContext"))
+    plan = {"resourceType": "PlanDefinition", "id": "reads-the-setting", "url": "http://example.org/fhir/test/PlanDefinition/reads-the-setting",
+            "version": "1", "name": "ReadsTheSetting", "status": "draft", "type": {"coding": [{"code": "eca-rule"}]},
+            "action": [{"id": "no-setting-given", "title": "No user or setting given",
+                        "condition": [{"kind": "applicability", "expression": {"language": "text/fhirpath", "expression": reads}}]}]}
+    shipped = engine.content
+    content = Content(directory=shipped.directory, publication=shipped.publication, resources=[*copy.deepcopy(shipped.resources), plan])
+    patient = Patient(45)
+    result = Engine(content).apply("reads-the-setting", patient.resources, CLOCK, patient.id)
+    assert [a.fields["id"] for a in result.actions] == ["no-setting-given"], [i.diagnostics for i in result.issues]
+    problems = [str(problem) for problem in validate_content(content)]
+    assert not [text for text in problems if "reads-the-setting" in text and "expression" in text], problems
 
 
 def test_user_language_is_the_language_of_the_care_plan_and_its_request_group(client):

@@ -33,7 +33,7 @@ from protocol.engine.content import Content
 from protocol.engine.fhirpath import (CompiledExpression, EvaluationContext, EvaluationTimeout, Evaluator, FhirPathEvaluationError,
                                default_evaluator, time_zone)
 from protocol.engine.jsondata import copy_json
-from protocol.engine.logic import STANDARD_VARIABLES, variables_of
+from protocol.engine.logic import STANDARD_VARIABLES, USER_AND_SETTING_INPUTS, variables_of
 from protocol.engine.parameters import ApplyParameters, ParameterValue
 from protocol.engine.paths import PathError, PathPlan, plan_path
 from protocol.engine.record import Record, RecordTooLarge
@@ -531,6 +531,9 @@ class Engine:
         for name, value in (parameters or {}).items():
             if name not in root.values:
                 root.define_value(name, session.parameter_items(value))
+        for name in USER_AND_SETTING_INPUTS:
+            if name not in root.values:
+                root.define_value(name, [])
         context = RequestContext(subject_ref, encounter_ref, practitioner_ref, _instant(now))
         return session, root, context
 

@@ -12,9 +12,12 @@ EXPRESSION_LANGUAGE = "text/fhirpath"
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 
 #: Names the engine defines for every expression (the $apply context and FHIRPath's own constants).
+#: The $apply inputs about the user and the setting (CodeableConcepts), visible to every expression as %name: empty
+#: when the call does not give them.
+USER_AND_SETTING_INPUTS = ("userType", "userLanguage", "userTaskContext", "setting", "settingContext")
 STANDARD_VARIABLES = frozenset({
     "context", "resource", "rootResource", "subject", "patient", "encounter", "practitioner", "organization",
-    "ucum", "sct", "loinc",
+    "ucum", "sct", "loinc", *USER_AND_SETTING_INPUTS,
 })
 
 

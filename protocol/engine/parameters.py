@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.engine.logic import USER_AND_SETTING_INPUTS
+
 Json = dict[str, Any]
 
 #: The operation's CodeableConcept inputs, by their Python field: each is also visible to expressions as %name.
-CONCEPTS = {"user_type": "userType", "user_language": "userLanguage", "user_task_context": "userTaskContext",
-            "setting": "setting", "setting_context": "settingContext"}
+CONCEPTS = dict(zip(("user_type", "user_language", "user_task_context", "setting", "setting_context"), USER_AND_SETTING_INPUTS))
 #: A language tag as BCP 47 writes it (the R4 ``language`` element's values): letters, then subtags of letters and digits.
 LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*")
 
