@@ -110,6 +110,37 @@ def test_records_past_the_retention_are_purged_by_any_instance(database):
 # -- PostgreSQL: migrations, lost connections, a database that is down ----------------------------------------------------
 
 
+def test_only_the_card_record_gives_up_the_commit_flush_and_each_write_is_one_exchange(postgresql, monkeypatch):
+    """The card record commits with synchronous_commit off, sent as one pipeline; a token id is one autocommitted
+    statement (flushed as the server's setting says); feedback keeps the server's setting."""
+    from service.cds_hooks.postgresql import PgSession
+
+    sent: list[tuple[str, bool]] = []
+    execute = PgSession.execute
+
+    def spy(self: PgSession, query: str, parameters: Any = ()) -> Any:
+        sent.append((query.split()[0] + (" " + query.split()[2] if query.startswith("SET") else ""),
+                     self.connection.pgconn.pipeline_status != 0))
+        return execute(self, query, parameters)
+
+    monkeypatch.setattr(PgSession, "execute", spy)
+    store, cache = FeedbackStore(postgresql, clock=lambda: MOMENT), ReplayCache(postgresql)
+    writes = {}
+    for name, write in [("cards", lambda: store.record_cards(PATIENT_VIEW, "patient-view", "hi-1", issued("card-1"))),
+                        ("cards again", lambda: store.record_cards(PATIENT_VIEW, "patient-view", "hi-2", issued("card-2"))),
+                        ("jti", lambda: cache.first_use("iss", "jti-1", 2**40, 0)),
+                        ("jti again", lambda: cache.first_use("iss", "jti-2", 2**40, 1)),
+                        ("feedback", lambda: store.record_feedback(PATIENT_VIEW, overridden("card-1")))]:
+        sent.clear()
+        write()
+        writes[name] = list(sent)
+    assert writes["cards again"] == [("BEGIN", True), ("SET synchronous_commit", True), ("COMMIT", True)]
+    assert writes["jti again"] == [("INSERT", False)]
+    assert ("SET synchronous_commit", True) not in writes["feedback"] + writes["jti"]
+    assert [q for q, _ in writes["jti"]] == ["DELETE", "INSERT"], "the first write of a process purges expired ids with it"
+    assert store.card("card-2") is not None and not cache.first_use("iss", "jti-2", 2**40, 2)
+
+
 def test_the_schema_is_migrated_once_and_a_newer_schema_is_refused(postgresql):
     from service.cds_hooks.postgresql import SCHEMA_VERSION, SchemaTooNew
 

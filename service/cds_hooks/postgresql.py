@@ -5,9 +5,16 @@ stores (``write``, ``read``, ``run_calls_with``), so the stores' statements run 
 written once with ``?`` placeholders, which PgSession turns into the driver's ``%s`` (values are always sent apart
 from the statement, never formatted into it).
 
-The driver is psycopg 3. Each thread that makes database calls keeps one connection (under gevent, the worker's pool
-of real threads, so a worker holds at most that pool's size), opened on first use and opened again after it is lost.
-A pool object of its own would add background threads that gevent's patching turns into greenlets of another thread.
+The driver is psycopg 3. A process keeps its idle connections on a stack: a call takes one (or opens one when none
+is idle) and puts it back when it is done, so a process holds at most one connection per thread making a call at once
+(under gevent, the worker's pool of real threads), and a connection opened by one thread (by the worker's warm-up, see
+``open_connection``) serves the calls of every other. A connection lost is closed and not put back. A pool object of
+psycopg's own would add background threads that gevent's patching turns into greenlets of another thread.
+
+Each round trip to the server costs a wake-up of its process on both sides, the largest part of a write on a busy
+machine, so writes make few: a write of one statement runs as its own transaction (``one_statement``: no BEGIN and
+COMMIT of their own), and a write whose statements need no answer until the end is sent as one pipeline
+(``pipelined``: BEGIN, the statements and COMMIT in one exchange).
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ class PgSession:
 
 
 class PostgresDatabase:
-    """One PostgreSQL database shared by every instance, with a connection per thread.
+    """One PostgreSQL database shared by every instance, with the process's idle connections on a stack.
 
     A write is one transaction. A durable write commits with ``synchronous_commit`` as the server has it (on by default:
     flushed to the server's disk before the commit returns); a write that may be lost with the server's power
@@ -130,7 +137,10 @@ class PostgresDatabase:
         self._unavailable = unavailable
         self._attempts = attempts
         self._backoff = backoff
-        self._local = threading.local()
+        self._idle: list[PgSession] = []  #: connections of this process no call is using, the last put back on top
+        self._pid = os.getpid()  #: the process the idle connections belong to
+        self._inherited: list[PgSession] = []  #: idle connections of a parent process: kept, never used or closed
+        self._lock = threading.Lock()
         with self._open() as connection:
             migrate(connection)
 
@@ -145,31 +155,60 @@ class PostgresDatabase:
             raise
         return connection
 
-    def connection(self) -> PgSession:
-        """This thread's connection, opened on first use (and again after it was closed or lost, or in a new process)."""
-        pid, session = getattr(self._local, "session", (None, None))
-        if session is None or pid != os.getpid() or session.connection.closed:
-            session = PgSession(self._open())
-            self._local.session = (os.getpid(), session)
-        return session
+    def _take(self) -> PgSession:
+        """An idle connection of this process, else a new one.
 
-    def close(self) -> None:
-        """Close this thread's connection, if it has one of this process (the next use opens a new one); one that
-        cannot even be closed (its server gone) is dropped."""
-        pid, session = getattr(self._local, "session", (None, None))
-        self._local.session = (None, None)
-        if session is not None and pid == os.getpid():
-            try:
-                session.connection.close()
-            except psycopg.Error:
-                pass
+        Connections idle in the parent process when this one was forked are left alone, neither used nor closed:
+        closing one here would end the parent's session on the same socket."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._inherited.extend(self._idle)
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                session = self._idle.pop()
+                if not session.connection.closed:
+                    return session
+        return PgSession(self._open())
 
-    def write(self, work: Callable[[PgSession], Result], what: str, durable: bool = True) -> Result:
-        """``work(session)`` in one transaction; its result once committed. ``what`` names the write in logs."""
+    def _give_back(self, session: PgSession) -> None:
+        """Put a connection back for the next call: only an open one of this process, outside any transaction."""
+        if session.connection.closed or session.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._close(session)
+            return
+        with self._lock:
+            (self._idle if self._pid == os.getpid() else self._inherited).append(session)
+
+    @staticmethod
+    def _close(session: PgSession) -> None:
+        """Close a connection; one that cannot even be closed (its server gone) is dropped."""
+        try:
+            session.connection.close()
+        except psycopg.Error:
+            pass
+
+    def open_connection(self) -> None:
+        """Have one connection of this process idle (opened now unless one is), so that the process's first call does
+        not wait for the server's connection set-up (a worker's warm-up calls it after the fork)."""
+        self.offload(lambda: self._give_back(self._take()))
+
+    def write(self, work: Callable[[PgSession], Result], what: str, durable: bool = True, *, one_statement: bool = False,
+              pipelined: bool = False) -> Result:
+        """``work(session)`` in one transaction; its result once committed. ``what`` names the write in logs.
+
+        ``one_statement``: ``work`` runs a single statement, which the server runs as its own transaction (one round
+        trip; only for a durable write). ``pipelined``: ``work`` reads no result of its statements, and the
+        transaction is sent as one pipeline."""
+        def run(session: PgSession) -> Result:
+            if one_statement and durable:
+                return work(session)
+            if pipelined:
+                return self._pipelined_transaction(session, work, durable)
+            return self._transaction(session, work, durable)
+
         attempt = 1
         while True:
             try:
-                return self.offload(lambda: self._on_connection(lambda session: self._transaction(session, work, durable)))
+                return self.offload(lambda: self._on_connection(run))
             except RETRYABLE as exc:
                 if attempt >= self._attempts():
                     raise self._unavailable(what, exc, attempt) from None
@@ -195,13 +234,19 @@ class PostgresDatabase:
         self.offload = offload
 
     def _on_connection(self, call: Callable[[PgSession], Result]) -> Result:
-        """``call`` on this thread's connection, which is closed when the call fails with a RETRYABLE error, so that the
-        thread's next call opens a new one (run in the thread that owns the connection)."""
+        """``call`` on a connection taken for it and put back after it; one that failed with a RETRYABLE error is closed
+        instead, so that the next call opens a new one."""
+        session = self._take()
         try:
-            return call(self.connection())
+            result = call(session)
         except RETRYABLE:
-            self.close()
+            self._close(session)
             raise
+        except BaseException:
+            self._give_back(session)
+            raise
+        self._give_back(session)
+        return result
 
     @staticmethod
     def _transaction(session: PgSession, work: Callable[[PgSession], Result], durable: bool) -> Result:
@@ -210,6 +255,21 @@ class PostgresDatabase:
             if not durable:
                 session.execute("SET LOCAL synchronous_commit TO OFF")
             return work(session)
+
+
+    @staticmethod
+    def _pipelined_transaction(session: PgSession, work: Callable[[PgSession], Result], durable: bool) -> Result:
+        """``work`` between BEGIN and COMMIT sent as one pipeline: one exchange with the server. (psycopg's own
+        ``transaction()`` inside a pipeline waits for the server at its start and end.) A statement that fails makes the
+        server skip the rest, COMMIT included, and the error is raised when the pipeline ends; the connection is then
+        left in a failed transaction, and closed rather than put back (see _give_back)."""
+        with session.connection.pipeline():
+            session.execute("BEGIN")
+            if not durable:
+                session.execute("SET LOCAL synchronous_commit TO OFF")
+            result = work(session)
+            session.execute("COMMIT")
+        return result
 
 
 def migrate(connection: psycopg.Connection) -> list[int]:
