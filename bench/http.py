@@ -108,15 +108,16 @@ gc.collect()""")
 #: after forking is part of starting, not of its first request).
 STARTING_SECONDS = 3.0
 
-#: gunicorn settings of the service's servers: each worker warms up after it forks, as under serve.
+#: gunicorn settings of the service's servers: each worker warms up (and prepares its database) after it forks, as under serve.
 POST_FORK = '''
 import sys
 
 
 def post_fork(server, worker):
-    warm_up = getattr(sys.modules["{module}"], "warm_up", None)
-    if warm_up is not None:
-        warm_up(sys.modules["{module}"].app)
+    import service.cds_hooks.hooks as hooks
+    for name in ("warm_up", "prepare_storage"):  # those the version measured has
+        if hasattr(hooks, name):
+            getattr(hooks, name)(sys.modules["{module}"].app)
 '''
 
 

@@ -1,8 +1,8 @@
 """Serving the application under gunicorn, configured from the settings (``back-spasm-cds serve``).
 
 The protocol is loaded and compiled once in the master process before the workers fork (preload), and every
-worker runs one made-up call of each service after it forks (``warm_up``), so that it answers its first request at
-full speed; the workers share the compiled content's memory.
+worker runs one made-up call of each service after it forks (``warm_up``) and opens its database connections and
+runs its first purges (``prepare_storage``), so that it answers its first request at full speed; the workers share the compiled content's memory.
 
 Two things gunicorn would otherwise do its own way are made to match the rest of the service:
 - errors gunicorn answers itself, before the application sees the request (a request line or headers too long,
@@ -30,7 +30,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.exceptions import BadRequest
 
 from service import create_app, state_of
-from service.cds_hooks.hooks import warm_up
+from service.cds_hooks.hooks import prepare_storage, warm_up
 from service.config import Settings
 from service.errors import outcome
 
@@ -207,6 +207,12 @@ def _database_calls_in_threads(app: Any) -> None:
     state.auth.replay.run_calls_with(in_thread)
 
 
+def _after_fork(app: Any) -> None:
+    """In each worker as it starts: the made-up calls, and the worker's own database connections and first purges."""
+    warm_up(app)
+    prepare_storage(app)
+
+
 def worker_count(settings: Settings) -> int:
     """Workers: as configured, else one per CPU core (the engine is CPU-bound; threads cover I/O waits)."""
     return settings.workers or max(1, os.cpu_count() or 1)
@@ -232,7 +238,7 @@ def run(host: str, port: int, settings: Settings | None = None) -> None:
         "threads": settings.threads,
         "worker_connections": settings.worker_connections,
         "preload_app": True,
-        "post_fork": lambda server, worker: warm_up(app),
+        "post_fork": lambda server, worker: _after_fork(app),
         "timeout": 30,
         "graceful_timeout": 10,
         "keepalive": 5,

@@ -123,7 +123,8 @@ class ReplayCache:
 
     The first use of a jti is written durably (synced to disk) before the request goes on, by one insert that does
     nothing on a conflict: the primary key decides between processes and instances that see the same jti at once, and
-    exactly one of them inserts it (no read before the write). A database that cannot take the write refuses the
+    exactly one of them inserts it (no read before the write). On PostgreSQL that insert is its own transaction (one
+    round trip) unless the purge of expired ids goes with it. A database that cannot take the write refuses the
     request with a 503 (StorageUnavailable); a token is never let through unrecorded.
     """
 
@@ -153,7 +154,21 @@ class ReplayCache:
                 db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,))
             return db.execute("INSERT INTO seen_jti (iss, jti, exp) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (iss, jti, exp)).rowcount == 1
 
-        return self._database.write(record, "token id")
+        return self._database.write(record, "token id", one_statement=not purge)
+
+    def prepare(self, now: float) -> None:
+        """Open this process's database connection and run its first purge of expired ids, so that its first request
+        pays for neither; for a worker's warm-up after it forks. A database that cannot take it now is logged, not
+        raised: requests then meet it as they would have."""
+        from service.cds_hooks.feedback import DATABASE_ERRORS, StorageUnavailable
+
+        try:
+            self._database.open_connection()
+            if self._purge_due(now):
+                self._database.write(lambda db: db.execute("DELETE FROM seen_jti WHERE exp < ?", (int(now) - LEEWAY_SECONDS,)),
+                                     "purge of token ids", durable=False)
+        except (*DATABASE_ERRORS, StorageUnavailable) as exc:
+            log.error("token-id database not prepared at start: %s", type(exc).__name__)
 
     def _purge_due(self, now: float) -> bool:
         """Whether this process's purge of expired ids is due at ``now`` (claimed, so that one thread runs it)."""

@@ -459,9 +459,11 @@ class SqliteFile:
             raise
         return db
 
-    def write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool = True) -> Result:
+    def write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool = True, *, one_statement: bool = False,
+              pipelined: bool = False) -> Result:
         """``work(connection)`` in one write transaction; its result once committed (and synced to disk if ``durable``).
-        ``what`` names the write in logs."""
+        ``what`` names the write in logs. ``one_statement`` and ``pipelined`` save round trips to a database server
+        (PostgresDatabase.write); SQLite, in the process, has none to save."""
         attempt = 1
         while True:
             try:
@@ -480,6 +482,10 @@ class SqliteFile:
     def read(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
         """``work(connection)`` outside any write transaction (for reads)."""
         return self.offload(lambda: work(self.connection()))
+
+    def open_connection(self) -> None:
+        """Open the connection of the thread database calls run on (see run_calls_with) unless it is open."""
+        self.offload(self.connection)
 
     def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
         """Run every database call through ``offload`` (a call taking a function and returning its result). Under gevent
@@ -625,8 +631,10 @@ class FeedbackStore:
         log.warning("database upgraded: columns that could hold patient text dropped",
                     extra={"fields": {"event": "database-upgraded", "tables": upgraded, "wal_emptied": not busy}})
 
-    def _write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool, retention_days: int) -> Result:
-        """``work`` in one write transaction (SqliteFile.write), preceded by the retention purge when one is due."""
+    def _write(self, work: Callable[[sqlite3.Connection], Result], what: str, durable: bool, retention_days: int,
+               pipelined: bool = False) -> Result:
+        """``work`` in one write transaction (SqliteFile.write), preceded by the retention purge when one is due;
+        ``pipelined`` (``work`` reads no result) sends it in one exchange to a database server when no purge is due."""
         cutoff = self._purge_cutoff(retention_days)
         purged: dict[str, int] = {}
 
@@ -636,7 +644,7 @@ class FeedbackStore:
                 purged.update(self._purge_safely(db, cutoff))
             return work(db)
 
-        result = self._database.write(run, what, durable=durable)
+        result = self._database.write(run, what, durable=durable, pipelined=pipelined and cutoff is None)
         if any(purged.values()):
             log.info("records past their retention deleted", extra={"fields": {"event": "database-purge", "before": cutoff, **purged}})
         return result
@@ -703,7 +711,7 @@ class FeedbackStore:
                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", card_rows)
             db.executemany("INSERT INTO issued_suggestion (uuid, card_uuid) VALUES (?, ?) ON CONFLICT DO NOTHING", suggestion_rows)
 
-        self._write(insert, "record of the issued cards", False, retention_days)
+        self._write(insert, "record of the issued cards", False, retention_days, pipelined=True)
 
     def record_cards_safely(self, service_id: str, hook: str, hook_instance: str, cards: Iterable[IssuedCard], *,
                             retention_days: int = DEFAULT_RETENTION_DAYS) -> bool:
@@ -777,6 +785,16 @@ class FeedbackStore:
     def run_calls_with(self, offload: Callable[[Callable[[], Any]], Any]) -> None:
         """Run every database call through ``offload`` (see SqliteFile.run_calls_with)."""
         self._database.run_calls_with(offload)
+
+    def prepare(self, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+        """Open this process's database connection and run its first retention purge (a write of nothing else), so
+        that its first request pays for neither; for a worker's warm-up after it forks. A database that cannot take
+        it now is logged, not raised: requests then meet it as they would have."""
+        try:
+            self._database.open_connection()
+            self._write(lambda db: None, "retention purge", False, retention_days)
+        except (*DATABASE_ERRORS, StorageUnavailable) as exc:
+            log.error("database not prepared at start", extra={"fields": {"event": "database-error", "error": type(exc).__name__}})
 
     def ready(self) -> bool:
         """The database answers and holds its tables."""

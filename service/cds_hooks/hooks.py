@@ -160,6 +160,16 @@ def warm_up(app: Any) -> None:
             _warm_up_call(state, service, records[service.id])
 
 
+def prepare_storage(app: Any) -> None:
+    """Open the process's database connections and run its first purges (expired token ids, records past their
+    retention), for gunicorn to call in each worker after it forks: a first request would otherwise pay for them (a
+    PostgreSQL connection takes milliseconds to set up). Not in the master, which makes no database calls and so keeps
+    no connection open. A database that cannot be reached now is logged; requests then meet it as they would have."""
+    state = app.extensions["back_spasm_cds"]
+    state.auth.replay.prepare(state.clock().timestamp())
+    state.store.prepare(state.settings.retention_days)
+
+
 def _warm_up_call(state: Any, service: Any, resources: list[dict[str, Any]]) -> None:
     now = state.clock()
     drafts = [dict(r, id=f"draft-{r['id']}", status="draft", intent="order") for r in resources if r["resourceType"] == "MedicationRequest"][:1]
