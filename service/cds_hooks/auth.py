@@ -196,11 +196,17 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
         """The client that signed the request (None for an accepted unauthenticated development call); 401 otherwise."""
+        return self.accept(authorization, audience)[0]
+
+    def accept(self, authorization: str | None, audience: str) -> tuple[TrustedClient | None, str | None]:
+        """authenticate, and the accepted token's ``tenant`` for the log (see _tenant), read from the claims already
+        verified rather than by decoding the token again."""
         try:
-            return self._authenticate(authorization, audience)
+            client, claims = self._authenticate(authorization, audience)
         except AuthFailure as exc:
             log.warning("authentication refused: %s", exc)
             raise Unauthorized("authentication failed: a valid CDS Hooks JWT bearer token is required") from None
+        return client, _tenant(claims)
 
     @staticmethod
     def tenant(authorization: str | None) -> str | None:
@@ -208,23 +214,24 @@ class Authenticator:
         or not a short string."""
         token = (authorization or "").partition(" ")[2].strip()
         try:
-            value = jwt.decode(token, options={"verify_signature": False}).get("tenant") if token else None
+            return _tenant(jwt.decode(token, options={"verify_signature": False})) if token else None
         except jwt.PyJWTError:
             return None
-        return value if isinstance(value, str) and 0 < len(value) <= MAX_JTI_LENGTH and value.isprintable() else None
 
-    def _authenticate(self, authorization: str | None, audience: str) -> TrustedClient | None:
+    def _authenticate(self, authorization: str | None, audience: str) -> tuple[TrustedClient | None, Mapping[str, Any]]:
+        """The client and the verified claims of the token (none for an accepted unauthenticated call); AuthFailure
+        otherwise. The token is decoded once unverified (header and claims, to find the key) and once verified."""
         if not authorization:
             if self.allow_unauthenticated:
-                return None
+                return None, {}
             raise AuthFailure("no Authorization header")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthFailure("Authorization is not a Bearer token")
         token = token.strip()
         try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
+            unverified = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
+            header, claims = unverified["header"], unverified["payload"]
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"malformed token ({type(exc).__name__})") from None
         algorithm = header.get("alg")
@@ -252,7 +259,7 @@ class Authenticator:
         self._check_claims(verified, audience)
         if not self.replay.first_use(client.iss, verified["jti"], int(verified["exp"]), self.clock().timestamp()):
             raise AuthFailure("jti already used (replay)")
-        return client
+        return client, verified
 
     def _check_claims(self, claims: Mapping[str, Any], audience: str) -> None:
         """aud is the URL called; exp, iat (and nbf) are numbers that put now inside the token's life; jti a string."""
@@ -332,6 +339,12 @@ class Authenticator:
         if client is None:
             return not self.production and parts.hostname in LOOPBACK_HOSTS
         return any(_under(server, base) for base in client.fhir_servers)
+
+
+def _tenant(claims: Mapping[str, Any]) -> str | None:
+    """The ``tenant`` claim if it is a short printable string (it goes to the log), else None."""
+    value = claims.get("tenant")
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_JTI_LENGTH and value.isprintable() else None
 
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float:

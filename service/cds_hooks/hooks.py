@@ -35,8 +35,7 @@ def authenticate() -> None:
     state = _state()
     base = state.settings.public_base_url or request.host_url
     audience = base.rstrip("/") + request.path
-    g.client = state.auth.authenticate(request.headers.get("Authorization"), audience)
-    g.tenant = state.auth.tenant(request.headers.get("Authorization")) if g.client else None
+    g.client, g.tenant = state.auth.accept(request.headers.get("Authorization"), audience)
 
 
 def _fhir_server(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
