@@ -1,7 +1,9 @@
 """Benchmark: the CDS Hooks service over HTTP against a bare endpoint, side by side, same server and load.
 
 Both run under gunicorn on loopback with the same settings (``--worker-class``, ``--workers``, ``--threads``;
-by default gthread, one worker per core, 4 threads): the service answers patient-view for a 200-resource prefetch
+by default gthread, one worker per core, 4 threads; ``--worker-class gevent`` is the service's own default, and the
+service then runs as ``serve`` runs it: patched by gevent before it is built, its database calls in the worker's
+pool of real threads): the service answers patient-view for a 200-resource prefetch
 (record of bench/apply.py); the bare endpoint is a Flask route that parses the same body with orjson and answers
 ``{}``. Clients are separate processes with keep-alive connections, each sending requests back to back; both
 servers get the same number of requests at the same concurrency, alternating in rounds so drift on the machine
@@ -77,10 +79,18 @@ CLOCK = "2026-11-25T10:00:00+00:00"
 
 SERVICE_APP = f'''
 import gc
+import os
 from datetime import datetime
+GEVENT = os.environ.get("BENCH_WORKER_CLASS") == "gevent"
+if GEVENT:  # as serve does: gevent's patching before the application is built
+    from service.server import _patch_for_gevent
+    _patch_for_gevent()
 from service import create_app
 from service.config import Settings
 app = create_app(Settings.load(), clock=lambda: datetime.fromisoformat("{CLOCK}"))
+if GEVENT:  # and the database's calls in the worker's pool of real threads
+    from service.server import _database_calls_in_threads
+    _database_calls_in_threads(app)
 try:  # as serve does: warm before forking, and in each worker after (POST_FORK)
     from service.cds_hooks.hooks import warm_up
 except ImportError:  # a version without it
@@ -283,7 +293,7 @@ def main() -> None:
         workdir = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BACK_SPASM_CDS_")}
         env.update(PYTHONPATH=str(ROOT), BACK_SPASM_CDS_DATABASE=args.database or str(workdir / "bench.sqlite"),
-                   BACK_SPASM_CDS_LOG_LEVEL="WARNING")
+                   BACK_SPASM_CDS_LOG_LEVEL="WARNING", BENCH_WORKER_CLASS=args.worker_class)
         pem = None
         if args.jwt:
             key = ec.generate_private_key(ec.SECP256R1())
