@@ -68,8 +68,7 @@ def authenticate() -> None:
     """The FHIR endpoints take the same CDS client JWT as the CDS Hooks ones (aud = the URL called)."""
     state = _state()
     base = state.settings.public_base_url or request.host_url
-    g.client = state.auth.authenticate(request.headers.get("Authorization"), base.rstrip("/") + request.path)
-    g.tenant = state.auth.tenant(request.headers.get("Authorization")) if g.client else None
+    g.client, g.tenant = state.auth.accept(request.headers.get("Authorization"), base.rstrip("/") + request.path)
 
 
 @bp.after_request

@@ -522,3 +522,12 @@ def test_the_tenant_claim_goes_into_the_log_line(engine, tmp_path, clients_file,
     assert requests and requests[-1]["tenant"] == "hospital-north" and requests[-1]["client"] == ISSUER
     _post(app, _complete(hook_body(patient), app), "Bearer " + token(keys, tenant={"id": "x"}))
     assert "tenant" not in [line for line in access_log() if line.get("event") == "request"][-1]
+
+
+def test_the_tenant_claim_of_a_fhir_api_call_goes_into_the_log_line(engine, tmp_path, clients_file, keys, access_log):
+    app, _ = make_app(engine, tmp_path, clients_file)
+    answer = app.test_client().get("/fhir/PlanDefinition", headers={
+        "Authorization": "Bearer " + token(keys, aud=f"{BASE}/fhir/PlanDefinition", tenant="hospital-south")})
+    assert answer.status_code == 200
+    requests = [line for line in access_log() if line.get("event") == "request"]
+    assert requests[-1]["tenant"] == "hospital-south" and requests[-1]["client"] == ISSUER

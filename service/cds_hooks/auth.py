@@ -208,16 +208,6 @@ class Authenticator:
             raise Unauthorized("authentication failed: a valid CDS Hooks JWT bearer token is required") from None
         return client, _tenant(claims)
 
-    @staticmethod
-    def tenant(authorization: str | None) -> str | None:
-        """The ``tenant`` claim (CDS Hooks 2.0: the EHR's tenant) of a token already accepted, for the log; None if absent
-        or not a short string."""
-        token = (authorization or "").partition(" ")[2].strip()
-        try:
-            return _tenant(jwt.decode(token, options={"verify_signature": False})) if token else None
-        except jwt.PyJWTError:
-            return None
-
     def _authenticate(self, authorization: str | None, audience: str) -> tuple[TrustedClient | None, Mapping[str, Any]]:
         """The client and the verified claims of the token (none for an accepted unauthenticated call); AuthFailure
         otherwise. The token is decoded once unverified (header and claims, to find the key) and once verified."""
