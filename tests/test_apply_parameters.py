@@ -4,7 +4,6 @@ the wrong type is a 400 naming it, the CDS Hooks request maps to the same inputs
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class

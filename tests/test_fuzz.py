@@ -135,7 +135,7 @@ def seeds(app: Any) -> dict[str, tuple[str, str, Any]]:
         {"name": "subject", "valueString": f"Patient/{p.id}"}, {"name": "data", "resource": record},
         {"name": "parameters", "resource": {"resourceType": "Parameters", "parameter": [{"name": "draftOrders", "resource": draft}]}}]}
     out["$apply"] = ("POST", f"/fhir/PlanDefinition/{PATHWAY}/$apply", apply)
-    out["$r5.apply"] = ("POST", f"/fhir/PlanDefinition/back-spasm-order-review/$r5.apply", apply)
+    out["$r5.apply"] = ("POST", "/fhir/PlanDefinition/back-spasm-order-review/$r5.apply", apply)
     out["$apply by url"] = ("POST", "/fhir/PlanDefinition/$apply", {
         "resourceType": "Parameters", "parameter": [{"name": "url", "valueUri": "http://example.org/fhir/back-spasm-cds/PlanDefinition/back-spasm-treatment-pathway"},
                                                     *apply["parameter"]]})
