@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from protocol.engine.content import load_content  # noqa: E402
 from protocol.engine.apply import Engine  # noqa: E402
+from protocol.engine.content import load_content  # noqa: E402
 from protocol.engine.output import careplan_r4  # noqa: E402
 
 SYNTHEA = ROOT / "tests" / "data" / "synthea"

@@ -56,9 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
 
+import jwt  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-import jwt  # noqa: E402
 from soak import ISSUER, KID, rss_mb, trusted_clients, workers  # noqa: E402
 
 SERVICE = "back-spasm-treatment-pathway-patient-view"
@@ -141,8 +141,8 @@ def body() -> bytes:
     """A patient-view request whose prefetch holds the 200-resource record, keyed as the service's templates."""
     from apply import build_record
 
-    from protocol.engine.content import load_content
     from protocol.engine.apply import Engine
+    from protocol.engine.content import load_content
     from service.cds_hooks.registry import build_services
 
     record = build_record(200)

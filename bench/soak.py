@@ -57,7 +57,14 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from tests.patients import (  # noqa: E402
-    CLOCK, CYCLOBENZAPRINE_10, ICD, PHENELZINE, SERTRALINE, TENS_DEVICE, Patient, when,
+    CLOCK,
+    CYCLOBENZAPRINE_10,
+    ICD,
+    PHENELZINE,
+    SERTRALINE,
+    TENS_DEVICE,
+    Patient,
+    when,
 )
 from tests.service_helpers import USER, draft_bundle, resource_type_of, searchset  # noqa: E402
 

@@ -16,14 +16,14 @@ import requests
 from flask import Flask
 from flask_cors import CORS
 
-from protocol.engine.content import Content, load_contents
 from protocol.engine.apply import Engine
-from service.cds_hooks.auth import Authenticator, ReplayCache, TrustedClient, load_clients
-from service.config import Settings
+from protocol.engine.content import Content, load_contents
 from service import logs
-from service.errors import register_error_handlers
+from service.cds_hooks.auth import Authenticator, ReplayCache, TrustedClient, load_clients
 from service.cds_hooks.feedback import FeedbackStore
 from service.cds_hooks.registry import Service, build_services
+from service.config import Settings
+from service.errors import register_error_handlers
 
 
 @dataclass

@@ -23,8 +23,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol.engine.content import (CONTENT_DIR, Content, ContentError, ContentSource, load_content, load_contents, locate_content,
-                                     protocol_folders)
+from protocol.engine.content import (
+    CONTENT_DIR,
+    Content,
+    ContentError,
+    ContentSource,
+    load_content,
+    load_contents,
+    locate_content,
+    protocol_folders,
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -200,8 +208,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     that names a draft order of another patient (a request error, as the service's 400), 1 for any other call
     that cannot be made.
     """
-    from protocol.engine.content import read_json
     from protocol.engine.apply import ApplyError
+    from protocol.engine.content import read_json
     from protocol.engine.fhirpath import time_zone
     from protocol.engine.output import bundle_r5, careplan_r4
     from service.cds_hooks.calls import DraftForAnotherPatient, calls_for_bundle, calls_for_hook, is_hook_request, run_calls

@@ -31,14 +31,14 @@ from fhir.resources.R4B import get_fhir_model_class
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.datastructures import MultiDict
 
-from protocol.engine.content import TYPE_ORDER
 from protocol.engine.apply import ApplyError, Deadline
+from protocol.engine.content import TYPE_ORDER
 from protocol.engine.output import bundle_r5, careplan_r4
 from protocol.engine.parameters import ApplyParameters, ParameterError, PrefetchData
 from protocol.engine.requirements import module_definition, package_bundle
-from service.errors import BadRequest, NotFound, ServiceError
 from service.cds_hooks.hook_request import read_json_body
 from service.cds_hooks.hooks import bounded_work_error
+from service.errors import BadRequest, NotFound, ServiceError
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 FHIR_JSON = "application/fhir+json"

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
 from protocol.engine.apply import AppliedAction, ApplyResult, Engine
+from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
 from tests.patients import CLOCK, UCUM, Patient
 
 PATHWAY = "back-spasm-treatment-pathway"

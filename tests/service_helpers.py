@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from protocol.engine.content import load_content
 from protocol.engine.apply import Engine
+from protocol.engine.content import load_content
 from service import create_app, state_of
 from service.config import Settings
 from tests.patients import CLOCK, DATA, Patient

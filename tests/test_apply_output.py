@@ -19,11 +19,31 @@ from fhir.resources.R4B.careplan import CarePlan
 from protocol.engine.apply import canonical_of
 from protocol.engine.output import CQF_MESSAGES, bundle_r5, careplan_r4
 from tests.cds_support import (
-    PATHWAY, REVIEW, ContentCopy, action_in, cards, engine, find, fhirpath, get, medication_codes, phase, review, view,
+    PATHWAY,
+    REVIEW,
+    ContentCopy,
+    action_in,
+    cards,
+    engine,
+    fhirpath,
+    find,
+    get,
+    medication_codes,
+    phase,
+    review,
+    view,
 )
 from tests.fhir_check import fhir_check
 from tests.patients import (
-    CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, HEART_FAILURE, LUMBAR_ORTHOSIS, RXNORM, SERTRALINE, Patient, day,
+    CLOCK,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    HEART_FAILURE,
+    LUMBAR_ORTHOSIS,
+    RXNORM,
+    SERTRALINE,
+    Patient,
+    day,
 )
 
 __all__ = ["engine"]

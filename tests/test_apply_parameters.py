@@ -18,8 +18,8 @@ from service.cds_hooks.calls import from_hook
 from service.config import Settings
 from service.fhir_api import PLAN_APPLY, _operation_parameters, from_operation, operation_definitions
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, SERTRALINE, Patient
-from tests.test_fhir_api import without_ids
 from tests.service_helpers import shared_engine
+from tests.test_fhir_api import without_ids
 
 PATHWAY = "back-spasm-treatment-pathway"
 ECHO = "apply-inputs-echo"

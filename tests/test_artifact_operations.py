@@ -13,9 +13,9 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.implementationguide import ImplementationGuide
 from fhir.resources.R4B.library import Library
 
+from protocol.engine.apply import Engine
 from protocol.engine.bundle import artifact_bundle
 from protocol.engine.content import Content, load_content
-from protocol.engine.apply import Engine
 from protocol.engine.package import build_package, implementation_guide
 from protocol.engine.requirements import (
     data_requirements,
@@ -25,8 +25,8 @@ from protocol.engine.requirements import (
 )
 from protocol.engine.validation import SHAREABLE, validate_content
 from service import create_app
-from service.config import Settings
 from service.cds_hooks.prefetch import prefetch_templates
+from service.config import Settings
 from tests.fhir_check import fhir_check
 from tests.service_helpers import shared_engine
 

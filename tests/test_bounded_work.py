@@ -21,8 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from protocol.engine.content import load_content
 from protocol.engine.apply import ApplyTimeout, Deadline, Engine, TooMuchData
+from protocol.engine.content import load_content
 from protocol.engine.fhirpath import default_evaluator
 from service import create_app
 from service.config import ConfigError, Settings

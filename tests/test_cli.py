@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import service.server
-from service.cli import SUBCOMMANDS, UsageError, build_parser, main, package_version
 from protocol.engine.content import CONTENT_DIR, PUBLICATION_FILE, PUBLICATION_NAME, load_content
+from service.cli import SUBCOMMANDS, UsageError, build_parser, main, package_version
 from service.config import ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent

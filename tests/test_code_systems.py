@@ -15,7 +15,17 @@ from protocol.engine.record import Record
 from protocol.engine.terminology import SYSTEM_ALIASES, canonical_system, index_codes
 from tests.cds_support import VS, cards, engine, phase, view
 from tests.patients import (
-    CLOCK, ICD, LOINC, PAIN_NRS, PHENELZINE, RXNORM, SCT, SPASM_ICD, SPASM_SCT, Patient, concept,
+    CLOCK,
+    ICD,
+    LOINC,
+    PAIN_NRS,
+    PHENELZINE,
+    RXNORM,
+    SCT,
+    SPASM_ICD,
+    SPASM_SCT,
+    Patient,
+    concept,
 )
 
 __all__ = ["engine"]

@@ -11,10 +11,29 @@ import pytest
 
 from service.cds_hooks.calls import calls_for_hook, run_calls
 from tests.cds_support import (
-    PATHWAY, REVIEW, cards, engine, get, mentions_date, phase, resources, review, text_of, view,
+    PATHWAY,
+    REVIEW,
+    cards,
+    engine,
+    get,
+    mentions_date,
+    phase,
+    resources,
+    review,
+    text_of,
+    view,
 )
 from tests.patients import (
-    CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, SERTRALINE, SYNTHEA, TENS_DEVICE, TRACTION, TRAMADOL, Patient,
+    CLOCK,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    PHENELZINE,
+    SERTRALINE,
+    SYNTHEA,
+    TENS_DEVICE,
+    TRACTION,
+    TRAMADOL,
+    Patient,
     synthea,
 )
 

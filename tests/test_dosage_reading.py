@@ -56,8 +56,17 @@ from hypothesis import strategies as st
 
 from tests.cds_support import cards, engine, get, review, rule_codes
 from tests.patients import (
-    CIRRHOSIS, CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_7_5, CYCLOBENZAPRINE_10, CYCLOBENZAPRINE_ER_15, CYCLOBENZAPRINE_ER_30,
-    FATTY_LIVER, SCT, UCUM, Patient,
+    CIRRHOSIS,
+    CLOCK,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_7_5,
+    CYCLOBENZAPRINE_10,
+    CYCLOBENZAPRINE_ER_15,
+    CYCLOBENZAPRINE_ER_30,
+    FATTY_LIVER,
+    SCT,
+    UCUM,
+    Patient,
 )
 
 __all__ = ["engine"]

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from protocol.engine.output import careplan_r4
 from tests.cds_support import (
-    MEDICATION_CARDS, VS, cards, engine, find, get, medication_codes, phase, resources, review, rule_codes, text_of, view,
+    MEDICATION_CARDS,
+    VS,
+    cards,
+    engine,
+    find,
+    get,
+    medication_codes,
+    phase,
+    resources,
+    review,
+    rule_codes,
+    text_of,
+    view,
 )
 from tests.patients import (
-    CIRRHOSIS, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, RXNORM, SERTRALINE, TENS_DEVICE, Patient,
+    CIRRHOSIS,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    PHENELZINE,
+    RXNORM,
+    SERTRALINE,
+    TENS_DEVICE,
+    Patient,
 )
 
 __all__ = ["engine"]

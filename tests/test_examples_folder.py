@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
 from service import create_app
+from service.cli import main
 from service.config import Settings
 from tests.service_helpers import SERVICES, r4b_problems, shared_engine, templates
 

@@ -10,10 +10,10 @@ import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from protocol.engine.bundle import artifact_bundle
-from service.cli import main
 from protocol.engine.output import bundle_r5, careplan_r4
 from protocol.engine.package import build_package
 from service import create_app
+from service.cli import main
 from service.config import Settings
 from tests.fhir_check import fhir_check
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient

@@ -14,8 +14,8 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
-from protocol.engine.content import load_content
 from protocol.engine.apply import Engine
+from protocol.engine.content import load_content
 from service import create_app
 from service.config import Settings
 from tests.patients import CLOCK

@@ -13,22 +13,22 @@ where it does not, the expected result is written out.  Then the evaluator's own
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
-import copy
-import itertools
-import random
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +39,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from protocol.engine import fhirpath as fp  # noqa: E402
+from protocol.engine.apply import ApplyResult, Engine, ScopeView  # noqa: E402
+from protocol.engine.content import load_content  # noqa: E402
 from protocol.engine.fhirpath import (  # noqa: E402
     DateTime,
     EvaluationContext,
@@ -51,8 +53,6 @@ from protocol.engine.fhirpath import (  # noqa: E402
     default_evaluator,
 )
 from protocol.engine.fhirpath.membership import _Membership  # noqa: E402
-from protocol.engine.apply import ApplyResult, Engine, ScopeView  # noqa: E402
-from protocol.engine.content import load_content  # noqa: E402
 from protocol.engine.output import careplan_r4  # noqa: E402
 from tests import patients as p  # noqa: E402
 from tests.fhirpath_crosscheck import content_expression_texts  # noqa: E402

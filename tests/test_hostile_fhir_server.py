@@ -33,10 +33,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from service import state_of
-
 from tests.patients import CYCLOBENZAPRINE_5, Patient
 from tests.service_helpers import (
-    PATIENT_VIEW, call, cards_of, fhir_search, hook_body, make_app, outcome_diagnostics, resource_type_of, searchset, templates,
+    PATIENT_VIEW,
+    call,
+    cards_of,
+    fhir_search,
+    hook_body,
+    make_app,
+    outcome_diagnostics,
+    resource_type_of,
+    searchset,
+    templates,
     without_uuids,
 )
 

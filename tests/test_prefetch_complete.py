@@ -18,11 +18,20 @@ import pytest
 from werkzeug.wrappers import Response
 
 from service.cds_hooks.prefetch import PAGE_SIZE, failed, query_label, with_page_size
-
 from tests.patients import CYCLOBENZAPRINE_5, Patient
 from tests.service_helpers import (
-    PATIENT_VIEW, FhirStub, call, cards_of, hook_body, make_app, outcome_diagnostics, resource_type_of, searchset,
-    templates, threaded_httpserver, topics,
+    PATIENT_VIEW,
+    FhirStub,
+    call,
+    cards_of,
+    hook_body,
+    make_app,
+    outcome_diagnostics,
+    resource_type_of,
+    searchset,
+    templates,
+    threaded_httpserver,
+    topics,
 )
 
 TOKEN = "secret-access-token-9b2e"

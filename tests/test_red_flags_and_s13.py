@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 import protocol.engine.apply
-from service.cli import main
 from protocol.engine.content import CONTENT_DIR
+from service.cli import main
 from tests.cds_support import (
     cards,
     engine,

@@ -26,8 +26,8 @@ from service import create_app, state_of
 from service.cli import main
 from service.config import ConfigError, Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, DATA, PHENELZINE, TENS_DEVICE, Patient
-from tests.storage_backends import fresh_database, needs_postgresql
 from tests.service_helpers import SERVICES, cards_of, hook_body, make_app, shared_engine, topic
+from tests.storage_backends import fresh_database, needs_postgresql
 
 TOKEN = "op-" + "7Hq2vK9xLr4Wm8Tz3Nc6Yb1Fd5Gs0Jp"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -7,10 +7,28 @@ from datetime import timedelta
 import pytest
 
 from tests.cds_support import (
-    cards, engine, find, get, mentions_date, phase, resources, rule_codes, text_of, view,
+    cards,
+    engine,
+    find,
+    get,
+    mentions_date,
+    phase,
+    resources,
+    rule_codes,
+    text_of,
+    view,
 )
 from tests.patients import (
-    CLOCK, CYCLOBENZAPRINE_5, MODERATE, SEVERE, SPASM_ICD, SPASM_SCT, Patient, birth_date_for, day, when,
+    CLOCK,
+    CYCLOBENZAPRINE_5,
+    MODERATE,
+    SEVERE,
+    SPASM_ICD,
+    SPASM_SCT,
+    Patient,
+    birth_date_for,
+    day,
+    when,
 )
 
 __all__ = ["engine"]

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from protocol.engine.content import load_content
 from protocol.engine.apply import Engine
+from protocol.engine.content import load_content
 from service import create_app
 from service.config import Settings
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient

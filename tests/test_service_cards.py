@@ -16,11 +16,31 @@ import pytest
 
 from service import state_of
 from tests.patients import (
-    CIRRHOSIS, CPT, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, CYCLOBENZAPRINE_ER_30, LUMBAR_ORTHOSIS, PHENELZINE, RXNORM, SERTRALINE,
-    TENS_DEVICE, TRACTION, TRAMADOL, Patient,
+    CIRRHOSIS,
+    CPT,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    CYCLOBENZAPRINE_ER_30,
+    LUMBAR_ORTHOSIS,
+    PHENELZINE,
+    RXNORM,
+    SERTRALINE,
+    TENS_DEVICE,
+    TRACTION,
+    TRAMADOL,
+    Patient,
 )
 from tests.service_helpers import (
-    SERVICES, by_topic, call, cards_of, hook_body, make_app, r4b_problems, response_problems, topics, without_uuids,
+    SERVICES,
+    by_topic,
+    call,
+    cards_of,
+    hook_body,
+    make_app,
+    r4b_problems,
+    response_problems,
+    topics,
+    without_uuids,
 )
 
 VS = "http://example.org/fhir/back-spasm-cds/ValueSet/"

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 
 from tests.patients import CYCLOBENZAPRINE_10, ICD, RXNORM, TENS_DEVICE, Patient
 from tests.service_helpers import (
-    ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW, SERVICES, call, cards_of, hook_body, make_app, outcome_diagnostics, without_uuids,
+    ORDER_SELECT,
+    ORDER_SIGN,
+    PATIENT_VIEW,
+    SERVICES,
+    call,
+    cards_of,
+    hook_body,
+    make_app,
+    outcome_diagnostics,
+    without_uuids,
 )
 
 LIMIT = 64 * 1024

@@ -17,13 +17,30 @@ import pytest
 from werkzeug.wrappers import Response
 
 from service.cds_hooks.prefetch import PAGE_SIZE, failed, render
-
 from tests.patients import (
-    CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, PHENELZINE, SERTRALINE, TENS_DEVICE, Patient,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    PHENELZINE,
+    SERTRALINE,
+    TENS_DEVICE,
+    Patient,
 )
 from tests.service_helpers import (
-    PATIENT_VIEW, SERVICES, FhirStub, call, cards_of, hook_body, make_app, outcome_diagnostics, prefetch_for,
-    resource_type_of, searchset, templates, threaded_httpserver, topics, without_uuids,
+    PATIENT_VIEW,
+    SERVICES,
+    FhirStub,
+    call,
+    cards_of,
+    hook_body,
+    make_app,
+    outcome_diagnostics,
+    prefetch_for,
+    resource_type_of,
+    searchset,
+    templates,
+    threaded_httpserver,
+    topics,
+    without_uuids,
 )
 
 TOKEN = "test-access-token-6f1c"

@@ -16,12 +16,41 @@ import pytest
 
 from service import state_of
 from tests.patients import (
-    CLOCK, CPT, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, SEVERE, SPASM_ICD, Patient, coding, concept, when,
+    CLOCK,
+    CPT,
+    CYCLOBENZAPRINE_10,
+    RXNORM,
+    SERTRALINE,
+    SEVERE,
+    SPASM_ICD,
+    Patient,
+    coding,
+    concept,
+    when,
 )
 from tests.service_helpers import (
-    ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW, SERVICES, TOKEN_PARAMETERS, FhirStub, browser_headers, by_topic, capture,
-    capture_body, cards_of, empty_values, make_app, prefetch_for, r4b_problems, resource_type_of, response_problems, searchset,
-    templates, threaded_httpserver, topics, without_uuids,
+    ORDER_SELECT,
+    ORDER_SIGN,
+    PATIENT_VIEW,
+    SERVICES,
+    TOKEN_PARAMETERS,
+    FhirStub,
+    browser_headers,
+    by_topic,
+    capture,
+    capture_body,
+    cards_of,
+    empty_values,
+    make_app,
+    prefetch_for,
+    r4b_problems,
+    resource_type_of,
+    response_problems,
+    searchset,
+    templates,
+    threaded_httpserver,
+    topics,
+    without_uuids,
 )
 
 STUB_SERVICES = {"stub-patient-view": PATIENT_VIEW, "stub-order-select": ORDER_SELECT, "stub-order-sign": ORDER_SIGN}

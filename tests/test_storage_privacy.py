@@ -29,7 +29,6 @@ import pytest
 from service import state_of
 from service.cds_hooks.auth import ReplayCache
 from service.cds_hooks.cards import IssuedCard
-from service.config import ConfigError, Settings
 from service.cds_hooks.feedback import (
     MAX_RECORDED_CARDS,
     MAX_RECORDED_SUGGESTIONS,
@@ -37,6 +36,7 @@ from service.cds_hooks.feedback import (
     FeedbackStore,
     parse_feedback,
 )
+from service.config import ConfigError, Settings
 from service.logs import JsonFormatter
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, RXNORM, SERTRALINE, Patient
 from tests.service_helpers import (

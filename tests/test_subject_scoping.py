@@ -18,20 +18,40 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol.engine.apply
-from service.cli import main
-from protocol.engine.content import load_content
 from protocol.engine.apply import ApplyError
+from protocol.engine.content import load_content
 from protocol.engine.output import careplan_r4
 from protocol.engine.record import Record
 from service.cds_hooks.calls import DraftForAnotherPatient, calls_for_hook
 from service.cds_hooks.cards import CardBuilder
+from service.cli import main
 from tests.cds_support import PATHWAY, REVIEW, cards, engine, find, view
 from tests.patients import (
-    CLOCK, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_10, HEART_FAILURE, MODERATE, PAIN_NRS, PHENELZINE, PT_REFERRAL, SPASM_ICD,
-    SPASM_SCT, TRICYCLIC_ALLERGY, Patient, concept, when,
+    CLOCK,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_10,
+    HEART_FAILURE,
+    MODERATE,
+    PAIN_NRS,
+    PHENELZINE,
+    PT_REFERRAL,
+    SPASM_ICD,
+    SPASM_SCT,
+    TRICYCLIC_ALLERGY,
+    Patient,
+    concept,
+    when,
 )
 from tests.service_helpers import (
-    ORDER_SELECT, ORDER_SIGN, PATIENT_VIEW, FhirStub, call, hook_body, make_app, outcome_diagnostics, without_uuids,
+    ORDER_SELECT,
+    ORDER_SIGN,
+    PATIENT_VIEW,
+    FhirStub,
+    call,
+    hook_body,
+    make_app,
+    outcome_diagnostics,
+    without_uuids,
 )
 
 __all__ = ["engine"]

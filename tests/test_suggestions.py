@@ -38,8 +38,20 @@ import pytest
 from service import state_of
 from tests.fhir_check import fhir_check
 from tests.patients import (
-    CIRRHOSIS, CYCLOBENZAPRINE_5, CYCLOBENZAPRINE_7_5, CYCLOBENZAPRINE_10, CYCLOBENZAPRINE_ER_15, CYCLOBENZAPRINE_ER_30,
-    FATTY_LIVER, HEART_FAILURE, PHENELZINE, RXNORM, TRICYCLIC_ALLERGY, UCUM, Patient, day,
+    CIRRHOSIS,
+    CYCLOBENZAPRINE_5,
+    CYCLOBENZAPRINE_7_5,
+    CYCLOBENZAPRINE_10,
+    CYCLOBENZAPRINE_ER_15,
+    CYCLOBENZAPRINE_ER_30,
+    FATTY_LIVER,
+    HEART_FAILURE,
+    PHENELZINE,
+    RXNORM,
+    TRICYCLIC_ALLERGY,
+    UCUM,
+    Patient,
+    day,
 )
 from tests.service_helpers import by_topic, cards_of, hook_body, make_app, r4b_problems, response_problems, topic, topics
 

@@ -18,11 +18,11 @@ import pytest
 
 import protocol.engine.apply
 import service.cds_hooks.calls
-from service.cli import TIMEZONE_VARIABLE, main
-from protocol.engine.content import load_content
 from protocol.engine.apply import Engine
+from protocol.engine.content import load_content
 from protocol.engine.fhirpath import EvaluationContext, FhirPathEvaluationError, default_evaluator, time_zone
 from protocol.engine.record import Record
+from service.cli import TIMEZONE_VARIABLE, main
 from service.config import ConfigError, Settings
 from tests.patients import Patient
 

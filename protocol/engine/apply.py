@@ -30,8 +30,15 @@ from typing import Any
 
 from protocol.engine.activity import RequestContext, UnsupportedKind, drop_unreferenced_contained, new_request
 from protocol.engine.content import Content
-from protocol.engine.fhirpath import (CompiledExpression, EvaluationContext, EvaluationTimeout, Evaluator, FhirPathEvaluationError,
-                               default_evaluator, time_zone)
+from protocol.engine.fhirpath import (
+    CompiledExpression,
+    EvaluationContext,
+    EvaluationTimeout,
+    Evaluator,
+    FhirPathEvaluationError,
+    default_evaluator,
+    time_zone,
+)
 from protocol.engine.jsondata import copy_json
 from protocol.engine.logic import STANDARD_VARIABLES, USER_AND_SETTING_INPUTS, variables_of
 from protocol.engine.parameters import ApplyParameters, ParameterValue

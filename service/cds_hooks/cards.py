@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.engine.content import Content
 from protocol.engine.apply import AppliedAction, ApplyResult
+from protocol.engine.content import Content
 from protocol.engine.jsondata import copy_json
 from protocol.engine.output import careplan_r4
 

@@ -9,15 +9,15 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from protocol.engine.apply import ApplyError, ApplyTimeout, Deadline, TooMuchData
+from protocol.engine.paths import element_info
+from protocol.engine.requirements import data_requirements
 from service.cds_hooks.calls import calls_for_hook, hook_context, run_calls
 from service.cds_hooks.cards import CardBuilder, override_reason_codes, response
-from protocol.engine.apply import ApplyError, ApplyTimeout, Deadline, TooMuchData
-from service.errors import BadRequest, NotFound, ServiceError
 from service.cds_hooks.feedback import check_against_issued, parse_feedback
 from service.cds_hooks.hook_request import check_hook_request, normalise_request, parse_body, read_json_body
 from service.cds_hooks.prefetch import gather
-from protocol.engine.paths import element_info
-from protocol.engine.requirements import data_requirements
+from service.errors import BadRequest, NotFound, ServiceError
 from service.urls import fhir_base
 
 bp = Blueprint("cds", __name__)

@@ -45,8 +45,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from protocol.engine.apply import CompiledPlan, Engine
 from protocol.engine.jsondata import JsonShapeError, check_shape
 from protocol.engine.requirements import data_requirements
-from service.errors import PreconditionFailed
 from service.cds_hooks.hook_request import FHIR_ID
+from service.errors import PreconditionFailed
 from service.urls import below, fhir_base
 
 log = logging.getLogger("back_spasm_cds.prefetch")

@@ -35,8 +35,8 @@ from flask.blueprints import BlueprintSetupState
 from protocol.engine.content import Content
 from service.errors import NotFound
 from service.page.builder import build_page
-from service.page.model import Link
 from service.page.logic import walk
+from service.page.model import Link
 
 __all__ = ["PAGE_KEY", "PAGE_HEADERS", "STYLESHEET", "bp", "render_protocol_page", "walk"]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from service.page.text import Inline, Rich
 
+
 @dataclass(frozen=True)
 class Link:
     """A link: internal (``#anchor``), to an artifact, or to a citation."""
