@@ -200,6 +200,15 @@ class Scope:
         self.definitions[name] = ("retrieve", requirement)
 
     def lookup(self, name: str) -> list:
+        try:
+            return self.resolve(name)
+        except KeyError:
+            self.session.report("error", "not-found", f"%{name} is not defined here")
+            return []
+
+    def resolve(self, name: str) -> list:
+        """The value of ``%name`` in this scope or the nearest enclosing one, computed the first time it is read;
+        KeyError when no scope defines it."""
         scope: Scope | None = self
         while scope is not None:
             if name in scope.values:
@@ -207,8 +216,7 @@ class Scope:
             if name in scope.definitions:
                 return scope.compute(name)
             scope = scope.parent
-        self.session.report("error", "not-found", f"%{name} is not defined here")
-        return []
+        raise KeyError(name)
 
     def compute(self, name: str) -> list:
         kind, definition = self.definitions[name]
@@ -256,14 +264,7 @@ class ScopeView(Mapping):
         """The value of a %variable: one walk up the scopes, computing a definition the first time it is read."""
         if name in self.extra:
             return self.extra[name]
-        scope: Scope | None = self.scope
-        while scope is not None:
-            if name in scope.values:
-                return scope.values[name]
-            if name in scope.definitions:
-                return scope.compute(name)
-            scope = scope.parent
-        raise KeyError(name)
+        return self.scope.resolve(name)
 
     def __iter__(self):
         raise TypeError("the variables of an evaluation are read one by one")

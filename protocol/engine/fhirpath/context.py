@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Protocol
@@ -69,6 +70,21 @@ _STRIDE_MASK = _DEADLINE_STRIDE - 1
 def _deadline_passed() -> EvaluationTimeout:
     """The exception the evaluator raises when EvaluationContext.expired answers True."""
     return EvaluationTimeout("the time allowed for the evaluation has passed")
+
+
+def breadth_first(start: Iterable[Any], expand: Callable[[Any], Iterable[Any]],
+                  expired: Callable[[], bool] | None) -> Iterator[Any]:
+    """Each item of ``start``, then of what ``expand`` gives for each item, level by level (repeat(), descendants());
+    asks ``expired`` every few items, as where() does, since a deep or wide tree can take long."""
+    pending = deque(start)
+    count = 0
+    while pending:
+        item = pending.popleft()
+        count += 1
+        if expired is not None and count & _STRIDE_MASK == _STRIDE_MASK and expired():
+            raise _deadline_passed()
+        yield item
+        pending.extend(expand(item))
 
 
 def time_zone(value: str | tzinfo | None) -> tzinfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.engine.fhirpath.context import _STRIDE_MASK, _deadline_passed
+from protocol.engine.fhirpath.context import _STRIDE_MASK, _deadline_passed, breadth_first
 from protocol.engine.fhirpath.functions.base import Entry, arities
 from protocol.engine.fhirpath.membership import _member_key, _Membership, _same
 from protocol.engine.fhirpath.runtime import Compiling, _Run, _State, _truth
@@ -87,22 +87,21 @@ def _fn_repeat(compiler: Compiling, params: list) -> _Run:
 
     def repeat(data: list, st: _State) -> list:
         this, index = st.this, st.index
-        expired = st.ctx.expired
         found = _Membership(_member_key, _same)
         out: list = []
-        pending = list(data)
-        count = 0
-        while pending:
-            item = pending.pop(0)
-            count += 1
-            if expired is not None and count & _STRIDE_MASK == _STRIDE_MASK and expired():
-                raise _deadline_passed()
+
+        def new_items(item: Any) -> list:
             st.this = one = [item]
+            fresh = []
             for child in projection(one, st):
                 if not found.holds(child):
                     found.add(child)
-                    out.append(child)
-                    pending.append(child)
+                    fresh.append(child)
+            out.extend(fresh)
+            return fresh
+
+        for _ in breadth_first(data, new_items, st.ctx.expired):
+            pass
         st.this, st.index = this, index
         return out
 

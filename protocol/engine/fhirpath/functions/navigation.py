@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from protocol.engine.fhirpath.context import _STRIDE_MASK, _deadline_passed
+from protocol.engine.fhirpath.context import breadth_first
 from protocol.engine.fhirpath.functions.base import Entry, arities
 from protocol.engine.fhirpath.navigation import _Member
 from protocol.engine.fhirpath.runtime import Compiling, _Run, _State
@@ -75,18 +75,7 @@ def _fn_descendants(compiler: Compiling, params: list) -> _Run:
     children = _Children(compiler.model)
 
     def descendants(data: list, st: _State) -> list:
-        expired = st.ctx.expired
-        out: list = []
-        pending = [child for item in data for child in children.of(item)]
-        count = 0
-        while pending:
-            item = pending.pop(0)
-            count += 1
-            if expired is not None and count & _STRIDE_MASK == _STRIDE_MASK and expired():
-                raise _deadline_passed()
-            out.append(item)
-            pending.extend(children.of(item))
-        return out
+        return list(breadth_first([child for item in data for child in children.of(item)], children.of, st.ctx.expired))
 
     return descendants
 
