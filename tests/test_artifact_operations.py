@@ -24,11 +24,9 @@ from protocol.engine.requirements import (
     package_bundle,
 )
 from protocol.engine.validation import SHAREABLE, validate_content
-from service import create_app
 from service.cds_hooks.prefetch import prefetch_templates
-from service.config import Settings
 from tests.fhir_check import fhir_check
-from tests.service_helpers import shared_engine
+from tests.service_helpers import make_app, shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
 REVIEW = "back-spasm-order-review"
@@ -41,9 +39,8 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def client(engine, tmp_path_factory):
-    settings = Settings.load(environ={}, overrides={"database": str(tmp_path_factory.mktemp("db") / "cds.sqlite")})
-    return create_app(settings, engine=engine).test_client()
+def client(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("db")).test_client()
 
 
 def _canonicals_in(value) -> set[str]:

@@ -17,7 +17,7 @@ from service.cli import main
 from service.config import Settings
 from tests.fhir_check import fhir_check
 from tests.patients import CLOCK, CYCLOBENZAPRINE_10, PHENELZINE, Patient
-from tests.service_helpers import shared_engine
+from tests.service_helpers import make_app, shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
 REVIEW = "back-spasm-order-review"
@@ -30,9 +30,8 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def client(engine, tmp_path_factory):
-    settings = Settings.load(environ={}, overrides={"database": str(tmp_path_factory.mktemp("db") / "cds.sqlite")})
-    return create_app(settings, engine=engine, clock=lambda: CLOCK).test_client()
+def client(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("db")).test_client()
 
 
 def without_ids(value):

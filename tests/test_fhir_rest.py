@@ -14,11 +14,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
-from protocol.engine.apply import Engine
-from protocol.engine.content import load_content
-from service import create_app
-from service.config import Settings
-from tests.patients import CLOCK
+from tests.service_helpers import make_app, shared_engine
 
 PATHWAY = "back-spasm-treatment-pathway"
 FHIR_JSON = "application/fhir+json"
@@ -34,13 +30,12 @@ NOT_SUMMARY = {"text", "compose", "expansion", "action", "dynamicValue", "dataRe
 
 @pytest.fixture(scope="module")
 def content():
-    return load_content()
+    return shared_engine().content
 
 
 @pytest.fixture(scope="module")
-def client(content, tmp_path_factory):
-    settings = Settings.load(environ={}, overrides={"database": str(tmp_path_factory.mktemp("rest") / "cds.sqlite")})
-    return create_app(settings, engine=Engine(content), clock=lambda: CLOCK).test_client()
+def client(tmp_path_factory):
+    return make_app(tmp_path_factory.mktemp("rest")).test_client()
 
 
 def get(client, url: str, status: int = 200, **kwargs):
