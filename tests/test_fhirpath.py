@@ -478,6 +478,27 @@ def test_naive_clock_is_rejected():
         make_ctx(now=datetime(2026, 11, 25, 10, 0))
 
 
+def side_by_side(evaluations: dict[str, Any], expected: dict[str, Any], rounds: int = 300) -> list[tuple[str, Any]]:
+    """Run each named evaluation ``rounds`` times in a thread of its own, all started together; the results that
+    differed from that name's expected one."""
+    barrier = threading.Barrier(len(evaluations))
+    wrong: list[tuple[str, Any]] = []
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        for _ in range(rounds):
+            result = evaluations[name]()
+            if result != expected[name]:
+                wrong.append((name, result))
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in evaluations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wrong
+
+
 def test_clock_is_per_thread(evaluator):
     compiled = evaluator.compile("now().toString() + ' ' + today().toString()")
     clocks = {
@@ -488,22 +509,8 @@ def test_clock_is_per_thread(evaluator):
         "utc": "2026-11-25T10:00:00.000+00:00 2026-11-25",
         "tokyo": "2031-01-02T08:30:00.000+09:00 2031-01-02",
     }
-    barrier = threading.Barrier(len(clocks))
-    wrong: list[tuple[str, object]] = []
-
-    def worker(name: str) -> None:
-        barrier.wait()
-        for _ in range(300):
-            result = compiled({}, clocks[name])
-            if result != [expected[name]]:
-                wrong.append((name, result))
-
-    threads = [threading.Thread(target=worker, args=(name,)) for name in clocks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert wrong == []
+    assert side_by_side({name: (lambda name=name: compiled({}, clocks[name])) for name in clocks},
+                        {name: [text] for name, text in expected.items()}) == []
 
 
 # ---------------------------------------------------------------- date/time semantics
@@ -1296,24 +1303,9 @@ def test_evaluation_is_thread_safe():
     conditions = [ENGINE.node(CONDITION)]
     clocks = {"early": (datetime(2026, 11, 24, tzinfo=timezone.utc), [True]),
               "late": (datetime(2026, 11, 30, tzinfo=timezone.utc), [False])}
-    barrier = threading.Barrier(len(clocks))
-    wrong: list = []
-
-    def worker(name: str) -> None:
-        now, expected = clocks[name]
-        ctx = make_ctx(now=now)
-        barrier.wait()
-        for _ in range(300):
-            result = compiled({"c": conditions}, ctx)
-            if result != expected:
-                wrong.append((name, result))
-
-    threads = [threading.Thread(target=worker, args=(name,)) for name in clocks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert wrong == []
+    contexts = {name: make_ctx(now=now) for name, (now, _) in clocks.items()}
+    assert side_by_side({name: (lambda name=name: compiled({"c": conditions}, contexts[name])) for name in clocks},
+                        {name: expected for name, (_, expected) in clocks.items()}) == []
 
 
 # ---------------------------------------------------------------- membership by key
