@@ -780,6 +780,10 @@ class FeedbackStore:
                  + (" WHERE f.card_uuid = ?" if card_uuid else "") + " ORDER BY f.id")
         return self._database.read(lambda db: _rows(db, query, (card_uuid,) if card_uuid else ()))
 
+    def query(self, *queries: str) -> list[list[dict[str, Any]]]:
+        """The rows of each read-only query, as dicts, in one read of the database (the feedback report's counts)."""
+        return self._database.read(lambda db: [_rows(db, query, ()) for query in queries])
+
     def issued(self, service_id: str, card_uuids: Iterable[str]) -> dict[str, tuple[str, set[str]]]:
         """The cards of these uuids this service issued (whichever instance issued them): action id and suggestion uuids.
         A database that cannot be read is StorageUnavailable (503), as for a write."""

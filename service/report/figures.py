@@ -56,6 +56,9 @@ class Outcomes:
         """Accepted cards as a share of those issued (None when none was issued)."""
         return self.accepted / self.issued if self.issued else None
 
+    def __add__(self, other: "Outcomes") -> "Outcomes":
+        return Outcomes(self.issued + other.issued, self.accepted + other.accepted, self.overridden + other.overridden)
+
     def plus(self, outcome: str | None, cards: int) -> "Outcomes":
         """These outcomes with ``cards`` more cards whose outcome is ``outcome`` (None: no feedback)."""
         return Outcomes(self.issued + cards, self.accepted + (cards if outcome == "accepted" else 0),
@@ -169,17 +172,10 @@ def iso_week(day: date) -> tuple[str, date]:
     return f"{year}-W{week:02d}", day - timedelta(days=weekday - 1)
 
 
-def _rows(db: Any, query: str) -> list[dict[str, Any]]:
-    """A query's rows as dicts, named from the cursor's description (on either database)."""
-    cursor = db.execute(query, ())
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def read_rows(store: FeedbackStore) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The grouped card outcomes and the feedback counts, read through the store's own connection (SQLite or PostgreSQL)."""
-    database = store._database  # the store's reader, so that both databases and gevent's thread pool are handled alike
-    return database.read(lambda db: (_rows(db, CARD_OUTCOMES), _rows(db, FEEDBACK_ITEMS)[0]))
+    """The grouped card outcomes and the feedback counts, in one read through the store (SQLite or PostgreSQL)."""
+    outcomes, feedback = store.query(CARD_OUTCOMES, FEEDBACK_ITEMS)
+    return outcomes, feedback[0]
 
 
 def compute_figures(rows: Iterable[Mapping[str, Any]], feedback: Mapping[str, Any], content: Content) -> Figures:
@@ -212,9 +208,7 @@ def compute_figures(rows: Iterable[Mapping[str, Any]], feedback: Mapping[str, An
     override_rows = tuple(sorted((OverrideReason(topic, system, code, displays.get((system, code)) or code or "no reason given", count)
                                   for (topic, system, code), count in reasons.items()),
                                  key=lambda r: (rank.get(r.topic, len(rank)), -r.count, r.code or "~")))
-    total = Outcomes()
-    for outcomes in by_topic.values():
-        total = Outcomes(total.issued + outcomes.issued, total.accepted + outcomes.accepted, total.overridden + outcomes.overridden)
+    total = sum(by_topic.values(), Outcomes())
     return Figures(topics, tuple(actions), override_rows, _weeks(by_day), total, int(feedback["items"]), int(feedback["unmatched"]))
 
 
@@ -238,9 +232,7 @@ def _weeks(by_day: Mapping[date, Outcomes]) -> tuple[Week, ...]:
         monday += timedelta(days=7)
     for day, outcomes in by_day.items():
         label, _ = iso_week(day)
-        week = weeks[label].outcomes
-        weeks[label] = Week(label, weeks[label].monday, Outcomes(week.issued + outcomes.issued, week.accepted + outcomes.accepted,
-                                                                 week.overridden + outcomes.overridden))
+        weeks[label] = Week(label, weeks[label].monday, weeks[label].outcomes + outcomes)
     return tuple(weeks.values())
 
 
