@@ -21,6 +21,7 @@ from typing import Any
 from protocol.engine.content import Content
 from service.cds_hooks.cards import override_reason_codings
 from service.cds_hooks.feedback import FeedbackStore
+from service.page.logic import codings, concepts_of
 
 #: One row per (topic, action, day of issue, outcome of the card's latest feedback, its override reason): how many cards.
 CARD_OUTCOMES = """
@@ -137,7 +138,7 @@ def content_names(content: Content) -> _Names:
     displays: dict[tuple[str, str], str] = {}
     order: dict[tuple[str, str], int] = {}
     for system in content.of_type("CodeSystem"):
-        for concept in _concepts(system.get("concept") or []):
+        for concept in concepts_of(system.get("concept")):
             key = (system.get("url", ""), concept.get("code", ""))
             displays[key] = concept.get("display") or key[1]
             order.setdefault(key, len(order))
@@ -145,7 +146,7 @@ def content_names(content: Content) -> _Names:
     for plan in content.of_type("PlanDefinition"):
         plan_title = plan.get("title") or plan.get("name") or plan.get("id", "")
         for action in plan.get("action") or []:
-            coding = next((c for cc in action.get("code") or [] for c in cc.get("coding") or [] if c.get("code")), None)
+            coding = next((c for c in codings(action.get("code")) if c.get("code")), None)
             action_id = action.get("id")
             if not action_id:
                 continue
@@ -157,13 +158,6 @@ def content_names(content: Content) -> _Names:
     for key, name in sorted(found, key=lambda item: (order.get(item[0], len(order)), item[0][1])):
         names.topics.setdefault(key[1], name)
     return names
-
-
-def _concepts(concepts: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
-    """Every concept of a CodeSystem, nested ones after their parent."""
-    for concept in concepts:
-        yield concept
-        yield from _concepts(concept.get("concept") or [])
 
 
 def iso_week(day: date) -> tuple[str, date]:
