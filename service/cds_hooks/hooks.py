@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -98,13 +99,41 @@ def call_service(service_id: str) -> Response:
     check_hook_request(body, service.hook)
     body = normalise_request(body)
     g.hook, g.hook_instance = body["hook"], body["hookInstance"]
+    answer = _answer(state, service, body, started)
+    g.prefetch = answer.prefetch
+    state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], answer.issued,
+                                    retention_days=state.settings.retention_days)
+    g.timings = {"prefetch_ms": (answer.fetched - started) * 1000, "apply_ms": (answer.applied - answer.fetched) * 1000,
+                 "cards_ms": (time.monotonic() - answer.applied) * 1000}
+    g.cards = len(answer.cards)
+    g.ignored_resources = max((r.ignored_resources for r in answer.results), default=0)
+    reply = Response(orjson.dumps(response(answer.cards)), mimetype="application/json")
+    reply.call_on_close([body, answer].clear)
+    return reply
+
+
+@dataclass
+class _Answer:
+    """What one hook request came to: its prefetch report, the results of its $apply calls, its cards and their record,
+    and when the prefetch and the $apply calls ended (time.monotonic)."""
+
+    prefetch: Any
+    results: list[Any]
+    cards: list[dict[str, Any]]
+    issued: list[Any]
+    fetched: float
+    applied: float
+
+
+def _answer(state: Any, service: Any, body: dict[str, Any], started: float) -> _Answer:
+    """A checked hook request through the whole path but HTTP, auth and storage: its drafts, the completed prefetch,
+    the $apply calls and the cards (the same for a real call and for the warm-up)."""
     try:  # the drafts are read once, and before any FHIR server is: a draft for another patient is the client's mistake
         context = hook_context(body)
     except ApplyError as exc:
         raise BadRequest(f"the request cannot be applied: {exc}") from None
     acting, refused = _fhir_server(body)
     data, report = gather(service.prefetch, acting, state.settings, started, state.http, context.drafts, server_refused=refused)
-    g.prefetch = report
     fetched = time.monotonic()
     try:
         calls = calls_for_hook(state.engine, context, plan=service.plan, data=data,
@@ -119,14 +148,7 @@ def call_service(service_id: str) -> Response:
         more, records = builder.cards(result, about=call.draft_order)
         cards.extend(more)
         issued.extend(records)
-    state.store.record_cards_safely(service.id, service.hook, body["hookInstance"], issued, retention_days=state.settings.retention_days)
-    g.timings = {"prefetch_ms": (fetched - started) * 1000, "apply_ms": (applied - fetched) * 1000,
-                 "cards_ms": (time.monotonic() - applied) * 1000}
-    g.cards = len(cards)
-    g.ignored_resources = max((r.ignored_resources for r in results), default=0)
-    answer = Response(orjson.dumps(response(cards)), mimetype="application/json")
-    answer.call_on_close([body, context, data, calls, results, cards].clear)
-    return answer
+    return _Answer(report, results, cards, issued, fetched, applied)
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -170,7 +192,6 @@ def prepare_storage(app: Any) -> None:
 
 
 def _warm_up_call(state: Any, service: Any, resources: list[dict[str, Any]]) -> None:
-    now = state.clock()
     drafts = [dict(r, id=f"draft-{r['id']}", status="draft", intent="order") for r in resources if r["resourceType"] == "MedicationRequest"][:1]
     context: dict[str, Any] = {"patientId": "warm-up", "userId": "Practitioner/warm-up"}
     if service.hook != "patient-view":
@@ -185,12 +206,7 @@ def _warm_up_call(state: Any, service: Any, resources: list[dict[str, Any]]) -> 
             {"resourceType": "Bundle", "type": "searchset", "total": len(matches), "entry": matches}
     body = parse_body(orjson.dumps({"hook": service.hook, "hookInstance": "warm-up", "context": context, "prefetch": prefetch}))
     check_hook_request(body, service.hook)
-    request_context = hook_context(normalise_request(body))
-    data, _ = gather(service.prefetch, body, state.settings, time.monotonic(), None, request_context.drafts)
-    calls = calls_for_hook(state.engine, request_context, plan=service.plan, data=data)
-    builder = CardBuilder(state.engine.content, state.page_url)
-    for call, result in zip(calls, run_calls(state.engine, calls, now)):
-        orjson.dumps(response(builder.cards(result, about=call.draft_order)[0]))
+    orjson.dumps(response(_answer(state, service, normalise_request(body), time.monotonic()).cards))
 
 
 def _made_up_record(engine: Any, plan: Any, now: str) -> list[dict[str, Any]]:
