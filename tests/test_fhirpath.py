@@ -3,9 +3,9 @@
 Besides the interface itself (compilation, lazily read variables, short-circuit logic,
 context functions, raw results, JSON conversion, thread safety), the date/time semantics
 and the three-valued logic are compared with HL7's reference implementation, fhirpath.js
-(R4 model), run once through Node for a whole table of expressions.  That comparison is
-skipped when ``node`` or the fhir-check tool (``FHIR_CHECK_DIR``, default
-``/work/fhir-check``) is not available.  Functions and operators are also compared with
+(R4 model), run once through Node for a whole table of expressions by the project's pinned
+fhirpath.js runner (tests/fhirpath_js, see tests/fhirpath_crosscheck.py).  That comparison is
+skipped when ``node`` or the installed fhirpath.js is not available.  Functions and operators are also compared with
 plain fhirpathpy (``fhirpathpy.evaluate``) as an oracle where it follows the specification;
 where it does not, the expected result is written out.  Then the evaluator's own values
 (typed elements, date/times, quantities), the keyed membership search and the caller's deadline.
@@ -16,11 +16,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import random
 import re
-import shutil
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -55,7 +52,7 @@ from protocol.engine.fhirpath import (  # noqa: E402
 from protocol.engine.fhirpath.membership import _Membership  # noqa: E402
 from protocol.engine.output import careplan_r4  # noqa: E402
 from tests import patients as p  # noqa: E402
-from tests.fhirpath_crosscheck import content_expression_texts  # noqa: E402
+from tests.fhirpath_crosscheck import content_expression_texts, fhirpath_js_dir, run_fhirpath_js  # noqa: E402
 
 UCUM = "http://unitsofmeasure.org"
 SNOMED = "http://snomed.info/sct"
@@ -766,24 +763,6 @@ def test_to_json_of_elements_and_resources(evaluator):
 
 # ---------------------------------------------------------------- cross-check with fhirpath.js
 
-NODE_HELPER = """
-import { createRequire } from 'node:module';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-const require = createRequire(path.join(process.argv[2], 'package.json'));
-const fhirpath = require('fhirpath');
-const r4 = require('fhirpath/fhir-context/r4');
-const cases = JSON.parse(readFileSync(0, 'utf8'));
-const out = cases.map((c) => {
-  try {
-    return { result: fhirpath.evaluate(c.resource ?? {}, c.expression, {}, r4, { resolveInternalTypes: true }) };
-  } catch (e) {
-    return { error: String((e && e.message) || e) };
-  }
-});
-process.stdout.write(JSON.stringify(out));
-"""
-
 # Literal date/times only: fhirpath.js's now() reads the real clock.
 CROSS_DATETIME = [
     # Z, +00:00, other offsets, with and without milliseconds
@@ -992,38 +971,15 @@ def _ours(evaluator, expression: str, resource: dict | None) -> list:
     return [getattr(item, "asStr", None) or evaluator.to_json(item) for item in raw]
 
 
-def _fhir_check_dir() -> Path | None:
-    configured = os.environ.get("FHIR_CHECK_DIR")
-    candidate = Path(configured) if configured else Path("/work/fhir-check")
-    if (candidate / "check.mjs").is_file() and (candidate / "node_modules" / "fhirpath").is_dir():
-        return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
-def reference_results(tmp_path_factory):
+def reference_results():
     """fhirpath.js results for every cross-check case, from a single Node process."""
-    node = shutil.which("node")
-    tool = _fhir_check_dir()
-    if node is None:
-        pytest.skip("node is not installed: fhirpath.js cross-check not run")
-    if tool is None:
-        pytest.skip("fhir-check tool not found (set FHIR_CHECK_DIR): fhirpath.js cross-check not run")
-    helper = tmp_path_factory.mktemp("fhirpathjs") / "evaluate.mjs"
-    helper.write_text(NODE_HELPER)
-    cases = [{"expression": e} for e in CROSS_DATETIME + CROSS_LOGIC]
-    cases += [{"expression": e, "resource": BUNDLE} for e in CROSS_RESOURCE]
-    completed = subprocess.run(
-        [node, str(helper), str(tool)],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TZ": "UTC"},
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    answers = json.loads(completed.stdout)
+    folder, why_not = fhirpath_js_dir()
+    if folder is None:
+        pytest.skip(f"{why_not}: fhirpath.js cross-check not run")
+    cases = [{"record": "", "expression": e, "env": {}, "focus": None} for e in CROSS_DATETIME + CROSS_LOGIC]
+    cases += [{"record": "", "expression": e, "env": {}, "focus": BUNDLE} for e in CROSS_RESOURCE]
+    answers = run_fhirpath_js(folder, {"valuesets": {}, "records": {}, "cases": cases})
     return {case["expression"]: answer for case, answer in zip(cases, answers, strict=True)}
 
 
